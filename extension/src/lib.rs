@@ -1,0 +1,42 @@
+//! tally: usage metering and quota enforcement that cannot be raced.
+//!
+//! The schema (`sql/schema/*.sql`) holds the configuration and the counters;
+//! the functions here enforce the rules of [`rules`] under row locks.
+
+use pgrx::prelude::*;
+
+mod args;
+mod composite;
+mod errors;
+mod plan_change;
+pub mod rules;
+mod spi;
+mod usage;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../../sql/schema/config.sql", name = "config", bootstrap);
+extension_sql_file!(
+    "../../sql/schema/usage.sql",
+    name = "usage",
+    requires = ["config"]
+);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    composite::register_invalidation();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,110 @@
+//! Every SQL statement tally runs, kept prepared for the backend's life.
+//!
+//! A statement is planned on its first use in a backend and kept with
+//! `SPI_keepplan`, so later calls skip parsing and planning (the plan cache
+//! still re-plans it if the schema changes). Parameters are always bound,
+//! never formatted into the text. Each execution takes a fresh snapshot, so a
+//! read that follows a row lock sees what the lock waited for.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use pgrx::datum::{DatumWithOid, FromDatum, IntoDatum, TimestampWithTimeZone};
+use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
+use pgrx::PgSqlErrorCode;
+
+use crate::errors::Failure;
+use crate::rules::Micros;
+
+pub const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+pub const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
+pub const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
+pub const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
+
+/// A statement and the types of its parameters.
+pub struct Statement {
+    pub sql: &'static str,
+    pub params: &'static [PgOid],
+}
+
+thread_local! {
+    /// Kept plans, by the address of their (static) statement.
+    static KEPT: RefCell<HashMap<usize, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+fn kept(client: &SpiClient<'_>, statement: &'static Statement) -> Rc<OwnedPreparedStatement> {
+    let key = statement as *const Statement as usize;
+    if let Some(plan) = KEPT.with(|kept| kept.borrow().get(&key).cloned()) {
+        return plan;
+    }
+    let plan = client
+        .prepare_mut(statement.sql, statement.params)
+        .unwrap_or_else(|error| bug(format!("preparing a statement: {error}")))
+        .keep();
+    let plan = Rc::new(plan);
+    KEPT.with(|kept| kept.borrow_mut().insert(key, plan.clone()));
+    plan
+}
+
+/// Run a statement with its parameters bound.
+pub fn run<'conn>(
+    client: &mut SpiClient<'conn>,
+    statement: &'static Statement,
+    args: &[DatumWithOid<'_>],
+) -> SpiTupleTable<'conn> {
+    let plan = kept(client, statement);
+    client
+        .update(&*plan, None, args)
+        .unwrap_or_else(|error| bug(format!("running a statement: {error}")))
+}
+
+/// Run a statement and return its first row, if any.
+pub fn first_row<'conn>(
+    client: &mut SpiClient<'conn>,
+    statement: &'static Statement,
+    args: &[DatumWithOid<'_>],
+) -> Option<SpiHeapTupleData<'conn>> {
+    let mut table = run(client, statement, args);
+    table.next()
+}
+
+/// Column `ordinal` (1-based) of a row.
+pub fn get<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData<'_>, ordinal: usize) -> Option<T> {
+    row.get::<T>(ordinal)
+        .unwrap_or_else(|error| bug(format!("reading column {ordinal}: {error}")))
+}
+
+pub fn get_micros(row: &SpiHeapTupleData<'_>, ordinal: usize) -> Option<Micros> {
+    get::<TimestampWithTimeZone>(row, ordinal).map(|at| at.into_inner())
+}
+
+/// A `timestamptz` parameter from Postgres microseconds.
+pub fn timestamptz(at: Option<Micros>) -> DatumWithOid<'static> {
+    match at.map(TimestampWithTimeZone::try_from) {
+        Some(Ok(at)) => at.into(),
+        Some(Err(error)) => bug(format!("timestamp out of range: {error:?}")),
+        None => DatumWithOid::null::<TimestampWithTimeZone>(),
+    }
+}
+
+/// The start of the current transaction, which is what `now()` returns.
+pub fn now() -> Micros {
+    // SAFETY: reads a field of the current transaction's state; always valid
+    // inside a function call.
+    unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
+}
+
+/// A broken invariant inside tally, not a caller's mistake: reported as
+/// XX000 so it is noticed and fixed.
+#[cold]
+pub fn bug(what: String) -> ! {
+    Failure {
+        code: PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        message: "tally internal error".into(),
+        detail: Some(what),
+        hint: Some("please report this with the statement that caused it".into()),
+    }
+    .raise()
+}

@@ -1,0 +1,490 @@
+//! Enforcement: `check_and_increment_usage`, `decrement_usage` and
+//! `usage_summary`.
+//!
+//! Each counter row carries a copy of its limit, so an increment that fits is
+//! one single-row `UPDATE`: the row lock is taken by the write itself and,
+//! under READ COMMITTED, the limit check is re-evaluated against the latest
+//! committed count once the lock is granted. N racing callers are therefore
+//! admitted exactly as far as the limit allows. A refusal is answered from the
+//! same row. Everything else (first use, a new period, a copy cleared by a
+//! configuration change) takes the slow path: lock the counter, read the
+//! configuration fresh, let [`rules::increment`] decide, and refresh the copy.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiHeapTupleData};
+use pgrx::AllocatedByRust;
+
+use crate::args;
+use crate::composite;
+use crate::errors::{self, OrRaise};
+use crate::rules::{self, Counter, Kind, Limit, Micros, Outcome, Period, Reason};
+use crate::spi::{self, Statement, BOOL, INT8, TEXT, TIMESTAMPTZ};
+
+const USAGE_CHECK: &str = "tally.usage_check";
+
+/// The common case in one statement: the counter's copy of its limit is
+/// valid, its count belongs to the current period, and the units fit (for
+/// an unlimited metric: the sum does not overflow). Returns no row otherwise.
+static FAST_INCREMENT: Statement = Statement {
+    sql: "UPDATE tally.usage_counters
+             SET used = used + $3
+           WHERE tenant_id = $1 AND metric = $2
+             AND limits_valid
+             AND (NOT calendar_period OR period_start = $4)
+             AND used <= coalesce(max_units, 9223372036854775807) - $3
+       RETURNING used, max_units",
+    params: &[TEXT, TEXT, INT8, TIMESTAMPTZ],
+};
+
+static PEEK_COUNTER: Statement = Statement {
+    sql: "SELECT used, period_start, max_units, calendar_period, limits_valid
+            FROM tally.usage_counters
+           WHERE tenant_id = $1 AND metric = $2",
+    params: &[TEXT, TEXT],
+};
+
+static LOCK_COUNTER: Statement = Statement {
+    sql: "SELECT used, period_start, max_units, calendar_period, limits_valid
+            FROM tally.usage_counters
+           WHERE tenant_id = $1 AND metric = $2
+             FOR UPDATE",
+    params: &[TEXT, TEXT],
+};
+
+/// Hold off configuration changes until this transaction ends (see
+/// `sql/schema/usage.sql`), so the configuration read next stays true.
+static SHARE_LIMITS: Statement = Statement {
+    sql: "SELECT tally._share_limits($1)",
+    params: &[TEXT],
+};
+
+/// Make sure an in-plan metric has a counter row to lock. A refusal may leave
+/// a zero counter behind, which reads the same as none.
+static ENSURE_COUNTER: Statement = Statement {
+    sql: "INSERT INTO tally.usage_counters (tenant_id, metric)
+          SELECT t.tenant_id, l.metric
+            FROM tally.tenants AS t
+            JOIN tally.plan_limits AS l ON l.plan_id = t.plan_id AND l.metric = $2
+           WHERE t.tenant_id = $1
+              ON CONFLICT (tenant_id, metric) DO NOTHING",
+    params: &[TEXT, TEXT],
+};
+
+/// The tenant, the metric and the plan's limit.
+static CONTEXT: Statement = Statement {
+    sql: "SELECT t.period_start, t.period_end, m.kind, l.plan_id IS NOT NULL, l.max_units
+            FROM tally.tenants AS t
+            LEFT JOIN tally.metrics AS m ON m.metric = $2
+            LEFT JOIN tally.plan_limits AS l ON l.plan_id = t.plan_id AND l.metric = $2
+           WHERE t.tenant_id = $1",
+    params: &[TEXT, TEXT],
+};
+
+static WRITE_COUNTER: Statement = Statement {
+    sql: "UPDATE tally.usage_counters
+             SET used = $3, period_start = $4, max_units = $5, calendar_period = $6, limits_valid = $7
+           WHERE tenant_id = $1 AND metric = $2",
+    params: &[TEXT, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, BOOL],
+};
+
+static WRITE_COUNT: Statement = Statement {
+    sql: "UPDATE tally.usage_counters SET used = $3, period_start = $4
+           WHERE tenant_id = $1 AND metric = $2",
+    params: &[TEXT, TEXT, INT8, TIMESTAMPTZ],
+};
+
+/// Claim an idempotency key before counting. A racing repeat blocks here on
+/// the key's unique index until the first call's transaction ends: then it
+/// reads the stored result, or (if the first rolled back) claims the key.
+static CLAIM_KEY: Statement = Statement {
+    sql: "INSERT INTO tally.idempotency_keys (tenant_id, idempotency_key, metric, units)
+          SELECT tenant_id, $2, $3, $4 FROM tally.tenants WHERE tenant_id = $1
+              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+       RETURNING true",
+    params: &[TEXT, TEXT, TEXT, INT8],
+};
+
+static STORED_RESULT: Statement = Statement {
+    sql: "SELECT allowed, used, max_units, remaining, reason FROM tally.idempotency_keys
+           WHERE tenant_id = $1 AND idempotency_key = $2",
+    params: &[TEXT, TEXT],
+};
+
+static SAVE_RESULT: Statement = Statement {
+    sql: "UPDATE tally.idempotency_keys
+             SET allowed = $3, used = $4, max_units = $5, remaining = $6, reason = $7
+           WHERE tenant_id = $1 AND idempotency_key = $2",
+    params: &[TEXT, TEXT, BOOL, INT8, INT8, INT8, TEXT],
+};
+
+/// What the configuration says about a tenant and one metric.
+pub struct Context {
+    pub period: Period,
+    /// The tenant has no stored period: the calendar month is its period.
+    pub calendar_period: bool,
+    pub kind: Kind,
+    pub limit: Limit,
+}
+
+impl Context {
+    /// The copy of the configuration a counter of this metric keeps.
+    fn limits(&self) -> CachedLimits {
+        let (max_units, valid) = match self.limit {
+            Limit::NotInPlan => (None, false),
+            Limit::Unlimited => (None, true),
+            Limit::Max(max) => (Some(max), true),
+        };
+        CachedLimits {
+            max_units,
+            calendar_period: self.kind == Kind::Consumable && self.calendar_period,
+            valid,
+        }
+    }
+}
+
+/// Read the tenant, the metric and the limit; unknown ones are errors.
+pub fn load_context(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str) -> Context {
+    let row = spi::first_row(client, &CONTEXT, &[tenant_id.into(), metric.into()])
+        .unwrap_or_else(|| errors::tenant_not_found(tenant_id).raise());
+    let Some(kind) = spi::get::<String>(&row, 3) else {
+        errors::metric_not_found(metric).raise()
+    };
+    let kind =
+        Kind::parse(&kind).unwrap_or_else(|| spi::bug(format!("metric {metric} has kind {kind}")));
+    let period_start = spi::get_micros(&row, 1);
+    Context {
+        period: rules::current_period(period_start, spi::get_micros(&row, 2), spi::now()),
+        calendar_period: period_start.is_none(),
+        kind,
+        limit: Limit::from_row(spi::get(&row, 4).unwrap_or(false), spi::get(&row, 5)),
+    }
+}
+
+/// A counter's copy of its configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CachedLimits {
+    max_units: Option<i64>,
+    calendar_period: bool,
+    valid: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StoredCounter {
+    counter: Counter,
+    limits: CachedLimits,
+}
+
+impl StoredCounter {
+    fn from_row(row: &SpiHeapTupleData<'_>) -> StoredCounter {
+        StoredCounter {
+            counter: Counter {
+                used: spi::get(row, 1).unwrap_or(0),
+                period_start: spi::get_micros(row, 2),
+            },
+            limits: CachedLimits {
+                max_units: spi::get(row, 3),
+                calendar_period: spi::get(row, 4).unwrap_or(false),
+                valid: spi::get(row, 5).unwrap_or(false),
+            },
+        }
+    }
+
+    /// The limit this row's copy vouches for in the current period, if any.
+    fn current_limit(&self, calendar_month: Micros) -> Option<Limit> {
+        let period_current =
+            !self.limits.calendar_period || self.counter.period_start == Some(calendar_month);
+        (self.limits.valid && period_current)
+            .then(|| self.limits.max_units.map_or(Limit::Unlimited, Limit::Max))
+    }
+}
+
+fn lock_counter(
+    client: &mut SpiClient<'_>,
+    tenant_id: &str,
+    metric: &str,
+) -> Option<StoredCounter> {
+    spi::first_row(client, &LOCK_COUNTER, &[tenant_id.into(), metric.into()])
+        .map(|row| StoredCounter::from_row(&row))
+}
+
+fn write_counter(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, stored: StoredCounter) {
+    let StoredCounter { counter, limits } = stored;
+    spi::run(
+        client,
+        &WRITE_COUNTER,
+        &[
+            tenant_id.into(),
+            metric.into(),
+            counter.used.into(),
+            spi::timestamptz(counter.period_start),
+            limits.max_units.into(),
+            limits.calendar_period.into(),
+            limits.valid.into(),
+        ],
+    );
+}
+
+fn raise_overflow(tenant_id: &str, metric: &str, overflow: rules::Overflow) -> ! {
+    errors::counter_out_of_range(tenant_id, metric, overflow.used, overflow.units).raise()
+}
+
+fn increment(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, units: i64) -> Outcome {
+    let calendar_month = rules::month_start(spi::now());
+    let month: DatumWithOid = spi::timestamptz(Some(calendar_month));
+    if let Some(row) = spi::first_row(
+        client,
+        &FAST_INCREMENT,
+        &[tenant_id.into(), metric.into(), units.into(), month],
+    ) {
+        let used =
+            spi::get(&row, 1).unwrap_or_else(|| spi::bug("fast increment without a count".into()));
+        return Outcome::allowed(
+            used,
+            spi::get::<i64>(&row, 2).map_or(Limit::Unlimited, Limit::Max),
+        );
+    }
+
+    // The fast path saw the latest count: if the row's copy is current, the
+    // units did not fit (or would overflow), and the row says so.
+    let peeked = spi::first_row(client, &PEEK_COUNTER, &[tenant_id.into(), metric.into()])
+        .map(|row| StoredCounter::from_row(&row));
+    if let Some((stored, limit)) =
+        peeked.and_then(|s| s.current_limit(calendar_month).map(|limit| (s, limit)))
+    {
+        let used = stored.counter.used;
+        if !rules::fits(limit, used, units).unwrap_or_else(|o| raise_overflow(tenant_id, metric, o))
+        {
+            return Outcome::refused(used, limit, Reason::LimitExceeded);
+        }
+        // A decrement made room since: decide under the lock below.
+    }
+
+    spi::run(client, &SHARE_LIMITS, &[tenant_id.into()]);
+    if peeked.is_none() {
+        spi::run(client, &ENSURE_COUNTER, &[tenant_id.into(), metric.into()]);
+    }
+    let stored = lock_counter(client, tenant_id, metric);
+    let context = load_context(client, tenant_id, metric);
+    let change = rules::increment(
+        context.kind,
+        context.limit,
+        stored.map(|s| s.counter),
+        context.period.start,
+        units,
+    )
+    .unwrap_or_else(|o| raise_overflow(tenant_id, metric, o));
+    if let Some(stored) = stored {
+        let fresh = StoredCounter {
+            counter: change.write.unwrap_or(stored.counter),
+            limits: context.limits(),
+        };
+        if fresh != stored {
+            write_counter(client, tenant_id, metric, fresh);
+        }
+    }
+    change.result
+}
+
+fn stored_outcome(client: &mut SpiClient<'_>, tenant_id: &str, key: &str) -> Option<Outcome> {
+    let row = spi::first_row(client, &STORED_RESULT, &[tenant_id.into(), key.into()])?;
+    let reason = spi::get::<String>(&row, 5).map(|reason| match reason.as_str() {
+        "not_in_plan" => Reason::NotInPlan,
+        _ => Reason::LimitExceeded,
+    });
+    Some(Outcome {
+        allowed: spi::get(&row, 1)
+            .unwrap_or_else(|| spi::bug("idempotency key without a result".into())),
+        used: spi::get(&row, 2).unwrap_or(0),
+        max_units: spi::get(&row, 3),
+        remaining: spi::get(&row, 4),
+        reason,
+    })
+}
+
+fn usage_check(outcome: Outcome) -> PgHeapTuple<'static, AllocatedByRust> {
+    let datums = [
+        outcome.allowed.into_datum(),
+        outcome.used.into_datum(),
+        outcome.max_units.into_datum(),
+        outcome.remaining.into_datum(),
+        outcome.reason.map(Reason::as_str).into_datum(),
+    ];
+    // SAFETY: the datums are in the order and of the types of tally.usage_check.
+    unsafe { composite::build(USAGE_CHECK, datums) }
+}
+
+/// Count `units` of `metric` for `tenant_id` if they fit in the tenant's
+/// plan, all or nothing. Over the limit is an answer (`allowed = false`), not
+/// an error. With an `idempotency_key`, a repeat returns the first result.
+#[pg_extern(requires = ["usage"])]
+fn check_and_increment_usage(
+    tenant_id: Option<&str>,
+    metric: Option<&str>,
+    units: default!(Option<i64>, 1),
+    idempotency_key: default!(Option<&str>, NULL),
+) -> pgrx::composite_type!('static, USAGE_CHECK) {
+    let tenant_id = args::id("tenant_id", tenant_id).or_raise();
+    let metric = args::id("metric", metric).or_raise();
+    let units = args::units(units).or_raise();
+    let key = args::idempotency_key(idempotency_key).or_raise();
+
+    let outcome = Spi::connect_mut(|client| {
+        let Some(key) = key else {
+            return increment(client, tenant_id, metric, units);
+        };
+        let claim: [DatumWithOid; 4] = [tenant_id.into(), key.into(), metric.into(), units.into()];
+        if spi::first_row(client, &CLAIM_KEY, &claim).is_none() {
+            if let Some(first) = stored_outcome(client, tenant_id, key) {
+                return first;
+            }
+            // Nothing claimed and nothing stored: the tenant does not exist,
+            // which the increment reports.
+        }
+        let outcome = increment(client, tenant_id, metric, units);
+        spi::run(
+            client,
+            &SAVE_RESULT,
+            &[
+                tenant_id.into(),
+                key.into(),
+                outcome.allowed.into(),
+                outcome.used.into(),
+                outcome.max_units.into(),
+                outcome.remaining.into(),
+                outcome.reason.map(Reason::as_str).into(),
+            ],
+        );
+        outcome
+    });
+    usage_check(outcome)
+}
+
+/// Give back `units` (a chatbot deleted, a message refunded); never below 0.
+/// Returns the new count. Works for metrics outside the tenant's plan, and
+/// creates nothing when the tenant has no counter for the metric.
+#[pg_extern]
+fn decrement_usage(
+    tenant_id: Option<&str>,
+    metric: Option<&str>,
+    units: default!(Option<i64>, 1),
+) -> i64 {
+    let tenant_id = args::id("tenant_id", tenant_id).or_raise();
+    let metric = args::id("metric", metric).or_raise();
+    let units = args::units(units).or_raise();
+
+    Spi::connect_mut(|client| {
+        let stored = lock_counter(client, tenant_id, metric).map(|s| s.counter);
+        let context = load_context(client, tenant_id, metric);
+        let change = rules::decrement(context.kind, stored, context.period.start, units);
+        if let Some(counter) = change.write {
+            spi::run(
+                client,
+                &WRITE_COUNT,
+                &[
+                    tenant_id.into(),
+                    metric.into(),
+                    counter.used.into(),
+                    spi::timestamptz(counter.period_start),
+                ],
+            );
+        }
+        change.result
+    })
+}
+
+static TENANT: Statement = Statement {
+    sql: "SELECT plan_id, period_start, period_end FROM tally.tenants WHERE tenant_id = $1",
+    params: &[TEXT],
+};
+
+/// Every metric of the plan, and any other metric the tenant has a counter for.
+static SUMMARY_ROWS: Statement = Statement {
+    sql: "SELECT m.metric, m.kind, c.used, c.period_start, l.plan_id IS NOT NULL, l.max_units
+            FROM tally.metrics AS m
+            LEFT JOIN tally.plan_limits AS l ON l.metric = m.metric AND l.plan_id = $2
+            LEFT JOIN tally.usage_counters AS c ON c.metric = m.metric AND c.tenant_id = $1
+           WHERE l.plan_id IS NOT NULL OR c.tenant_id IS NOT NULL
+           ORDER BY m.metric",
+    params: &[TEXT, TEXT],
+};
+
+/// A tenant's plan and current period.
+pub struct Tenant {
+    pub plan_id: String,
+    pub period: Period,
+}
+
+pub fn load_tenant(client: &mut SpiClient<'_>, tenant_id: &str) -> Tenant {
+    let row = spi::first_row(client, &TENANT, &[tenant_id.into()])
+        .unwrap_or_else(|| errors::tenant_not_found(tenant_id).raise());
+    Tenant {
+        plan_id: spi::get(&row, 1).unwrap_or_else(|| spi::bug("tenant without plan".into())),
+        period: rules::current_period(
+            spi::get_micros(&row, 2),
+            spi::get_micros(&row, 3),
+            spi::now(),
+        ),
+    }
+}
+
+/// Where a tenant stands: one row per metric, ordered by metric. `used` is
+/// the count in the current period; period columns are NULL for allocations.
+// pgrx reads the result's column names from the inline tuple type.
+#[allow(clippy::type_complexity)]
+#[pg_extern]
+fn usage_summary(
+    tenant_id: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(metric, String),
+        name!(kind, String),
+        name!(used, i64),
+        name!(max_units, Option<i64>),
+        name!(remaining, Option<i64>),
+        name!(period_start, Option<TimestampWithTimeZone>),
+        name!(period_end, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let tenant_id = args::id("tenant_id", tenant_id).or_raise();
+    let rows = Spi::connect_mut(|client| {
+        let tenant = load_tenant(client, tenant_id);
+        let table = spi::run(
+            client,
+            &SUMMARY_ROWS,
+            &[tenant_id.into(), tenant.plan_id.as_str().into()],
+        );
+        table
+            .map(|row| {
+                let metric: String = spi::get(&row, 1).unwrap_or_default();
+                let kind_name: String = spi::get(&row, 2).unwrap_or_default();
+                let kind = Kind::parse(&kind_name)
+                    .unwrap_or_else(|| spi::bug(format!("metric {metric} has kind {kind_name}")));
+                let stored = spi::get::<i64>(&row, 3).map(|used| Counter {
+                    used,
+                    period_start: spi::get_micros(&row, 4),
+                });
+                let limit = Limit::from_row(spi::get(&row, 5).unwrap_or(false), spi::get(&row, 6));
+                let used = rules::current_count(kind, stored, tenant.period.start).used;
+                let period = (kind == Kind::Consumable).then_some(tenant.period);
+                (
+                    metric,
+                    kind_name,
+                    used,
+                    limit.max_units(),
+                    limit.remaining(used),
+                    period.map(|p| timestamp(p.start)),
+                    period.map(|p| timestamp(p.end)),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    TableIterator::new(rows)
+}
+
+fn timestamp(at: Micros) -> TimestampWithTimeZone {
+    TimestampWithTimeZone::try_from(at)
+        .unwrap_or_else(|error| spi::bug(format!("timestamp out of range: {error:?}")))
+}

@@ -1,0 +1,150 @@
+-- Configuration: metrics, plans, their limits, and tenants.
+--
+-- Callers may write these tables with plain SQL. Bad values are refused by
+-- the `_check_*` triggers with SQLSTATE 22023 (22004 for a missing value) and
+-- a hint, so a typo in a plan file never surfaces as a bare constraint name.
+
+CREATE TABLE tally.metrics (
+    metric             text PRIMARY KEY,
+    kind               text NOT NULL CHECK (kind IN ('consumable', 'allocation')),
+    stripe_meter_event text CHECK (stripe_meter_event <> '')
+);
+COMMENT ON TABLE tally.metrics IS
+    'What is counted. consumable: reset each billing period (messages, sms). allocation: a standing count (chatbots, seats).';
+
+CREATE TABLE tally.plans (
+    plan_id         text PRIMARY KEY,
+    is_default      boolean NOT NULL DEFAULT false,
+    stripe_price_id text UNIQUE,
+    paddle_price_id text UNIQUE
+);
+-- At most one default plan: the plan new tenants start on and canceled tenants land on.
+CREATE UNIQUE INDEX plans_one_default ON tally.plans (is_default) WHERE is_default;
+
+CREATE TABLE tally.plan_limits (
+    plan_id   text NOT NULL REFERENCES tally.plans ON DELETE CASCADE ON UPDATE CASCADE,
+    metric    text NOT NULL REFERENCES tally.metrics ON DELETE CASCADE ON UPDATE CASCADE,
+    max_units bigint CHECK (max_units >= 0),
+    PRIMARY KEY (plan_id, metric)
+);
+COMMENT ON COLUMN tally.plan_limits.max_units IS
+    'NULL means unlimited. A metric with no row is not included in the plan.';
+
+CREATE FUNCTION tally._default_plan_id() RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    found_plan text;
+BEGIN
+    SELECT plan_id INTO found_plan FROM tally.plans WHERE is_default;
+    IF found_plan IS NULL THEN
+        RAISE EXCEPTION 'no default plan'
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'mark one plan with is_default = true in tally.plans, or give the tenant a plan_id';
+    END IF;
+    RETURN found_plan;
+END
+$$;
+
+CREATE TABLE tally.tenants (
+    tenant_id              text PRIMARY KEY,
+    plan_id                text NOT NULL DEFAULT tally._default_plan_id()
+                           REFERENCES tally.plans ON UPDATE CASCADE,
+    status                 text NOT NULL DEFAULT 'active'
+                           CHECK (status IN ('active', 'past_due', 'action_required', 'canceled')),
+    period_start           timestamptz,
+    period_end             timestamptz,
+    stripe_customer_id     text UNIQUE,
+    stripe_subscription_id text UNIQUE,
+    paddle_customer_id     text UNIQUE,
+    paddle_subscription_id text UNIQUE,
+    created_at             timestamptz NOT NULL DEFAULT now(),
+    CHECK (period_end IS NULL OR (period_start IS NOT NULL AND period_end > period_start))
+);
+COMMENT ON COLUMN tally.tenants.period_start IS
+    'Start of the current billing period. NULL: the calendar month (UTC) is the period.';
+
+CREATE FUNCTION tally._check_metric() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.metric IS NULL THEN
+        RAISE EXCEPTION 'metric must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'name the metric, for example ''messages''';
+    ELSIF NEW.metric = '' THEN
+        RAISE EXCEPTION 'metric must not be empty' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'name the metric, for example ''messages''';
+    ELSIF NEW.kind IS NULL OR NEW.kind NOT IN ('consumable', 'allocation') THEN
+        RAISE EXCEPTION 'unknown metric kind' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('metric %L has kind %L', NEW.metric, NEW.kind),
+            HINT = 'kind is ''consumable'' (reset each billing period) or ''allocation'' (a standing count such as seats)';
+    ELSIF NEW.stripe_meter_event = '' THEN
+        RAISE EXCEPTION 'stripe_meter_event must not be empty' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('metric %L', NEW.metric),
+            HINT = 'give the Stripe meter''s event name, or NULL if the metric is not billed';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER check_metric BEFORE INSERT OR UPDATE ON tally.metrics
+    FOR EACH ROW EXECUTE FUNCTION tally._check_metric();
+
+CREATE FUNCTION tally._check_plan() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.plan_id IS NULL THEN
+        RAISE EXCEPTION 'plan_id must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'name the plan, for example ''starter''';
+    ELSIF NEW.plan_id = '' THEN
+        RAISE EXCEPTION 'plan_id must not be empty' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'name the plan, for example ''starter''';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER check_plan BEFORE INSERT OR UPDATE ON tally.plans
+    FOR EACH ROW EXECUTE FUNCTION tally._check_plan();
+
+CREATE FUNCTION tally._check_plan_limit() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.max_units < 0 THEN
+        RAISE EXCEPTION 'max_units must not be negative' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('plan %L, metric %L, max_units %s', NEW.plan_id, NEW.metric, NEW.max_units),
+            HINT = 'use 0 to allow nothing, NULL for unlimited, or delete the row to leave the metric out of the plan';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER check_plan_limit BEFORE INSERT OR UPDATE ON tally.plan_limits
+    FOR EACH ROW EXECUTE FUNCTION tally._check_plan_limit();
+
+CREATE FUNCTION tally._check_tenant() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.tenant_id IS NULL THEN
+        RAISE EXCEPTION 'tenant_id must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'use your application''s id for the customer account';
+    ELSIF NEW.tenant_id = '' THEN
+        RAISE EXCEPTION 'tenant_id must not be empty' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'use your application''s id for the customer account';
+    ELSIF NEW.status IS NULL OR NEW.status NOT IN ('active', 'past_due', 'action_required', 'canceled') THEN
+        RAISE EXCEPTION 'unknown tenant status' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('tenant %L has status %L', NEW.tenant_id, NEW.status),
+            HINT = 'status is one of active, past_due, action_required, canceled';
+    ELSIF NOT isfinite(NEW.period_start) OR NOT isfinite(NEW.period_end) THEN
+        RAISE EXCEPTION 'billing period must be finite' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('tenant %L, period %s to %s', NEW.tenant_id, NEW.period_start, NEW.period_end),
+            HINT = 'give real timestamps, or NULL for calendar-month periods';
+    ELSIF NEW.period_end IS NOT NULL AND NEW.period_start IS NULL THEN
+        RAISE EXCEPTION 'period_end needs a period_start' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('tenant %L, period_end %s', NEW.tenant_id, NEW.period_end),
+            HINT = 'set both, or only period_start (the period then lasts one month)';
+    ELSIF NEW.period_end <= NEW.period_start THEN
+        RAISE EXCEPTION 'period_end must be after period_start' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('tenant %L, period %s to %s', NEW.tenant_id, NEW.period_start, NEW.period_end),
+            HINT = 'a billing period is [period_start, period_end): the end comes after the start';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER check_tenant BEFORE INSERT OR UPDATE ON tally.tenants
+    FOR EACH ROW EXECUTE FUNCTION tally._check_tenant();
