@@ -1,0 +1,182 @@
+//! Helpers for tally's integration tests: each test gets a fresh database
+//! with the extension installed, in the cluster that `scripts/test.sh`
+//! starts (`TALLY_TEST_DATABASE_URL` names its maintenance database).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+pub use postgres::{Client, NoTls};
+
+/// Metrics, plans and limits shared by the tests:
+///
+/// | plan            | messages | chatbots | seats |
+/// |-----------------|----------|----------|-------|
+/// | free (default)  | 100      | 5        | –     |
+/// | starter         | 2000     | 3        | 2     |
+/// | growth          | ∞        | 10       | 10    |
+pub const FIXTURE: &str = "
+    INSERT INTO tally.metrics (metric, kind) VALUES
+        ('messages', 'consumable'), ('chatbots', 'allocation'), ('seats', 'allocation');
+    INSERT INTO tally.plans (plan_id, is_default) VALUES
+        ('free', true), ('starter', false), ('growth', false);
+    INSERT INTO tally.plan_limits (plan_id, metric, max_units) VALUES
+        ('free', 'messages', 100), ('free', 'chatbots', 5),
+        ('starter', 'messages', 2000), ('starter', 'chatbots', 3), ('starter', 'seats', 2),
+        ('growth', 'messages', NULL), ('growth', 'chatbots', 10), ('growth', 'seats', 10);
+";
+
+fn admin_url() -> String {
+    std::env::var("TALLY_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "TALLY_TEST_DATABASE_URL is not set: run scripts/test.sh, which starts a cluster \
+             with the extension installed, or point it at one (postgresql://user@host:port/postgres)"
+        )
+    })
+}
+
+/// A database of its own for one test, dropped when the test ends.
+pub struct TestDb {
+    name: String,
+    url: String,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl TestDb {
+    /// A fresh database with `CREATE EXTENSION tally` and the fixture.
+    pub fn create() -> TestDb {
+        let db = TestDb::create_empty();
+        db.connect()
+            .batch_execute(&format!("CREATE EXTENSION tally; {FIXTURE}"))
+            .expect("extension and fixture");
+        db
+    }
+
+    /// A fresh database without the extension.
+    pub fn create_empty() -> TestDb {
+        let admin = admin_url();
+        let name = format!(
+            "tally_test_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut client = Client::connect(&admin, NoTls).expect("connect to the test cluster");
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create database");
+        let url = match admin.rfind('/') {
+            Some(slash) => format!("{}/{name}", &admin[..slash]),
+            None => panic!("TALLY_TEST_DATABASE_URL must end with /database"),
+        };
+        TestDb { name, url }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(&self.url, NoTls).expect("connect to the test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut client) = Client::connect(&admin_url(), NoTls) {
+            let _ = client.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// The result of one `check_and_increment_usage` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub allowed: bool,
+    pub used: i64,
+    pub max_units: Option<i64>,
+    pub remaining: Option<i64>,
+    pub reason: Option<String>,
+}
+
+pub fn check(
+    client: &mut Client,
+    tenant: &str,
+    metric: &str,
+    units: i64,
+    key: Option<&str>,
+) -> Check {
+    let row = client
+        .query_one(
+            "SELECT allowed, used, max_units, remaining, reason
+               FROM tally.check_and_increment_usage($1, $2, $3, $4)",
+            &[&tenant, &metric, &units, &key],
+        )
+        .expect("check_and_increment_usage");
+    Check {
+        allowed: row.get(0),
+        used: row.get(1),
+        max_units: row.get(2),
+        remaining: row.get(3),
+        reason: row.get(4),
+    }
+}
+
+pub fn used(client: &mut Client, tenant: &str, metric: &str) -> i64 {
+    client
+        .query_opt(
+            "SELECT used FROM tally.usage_counters WHERE tenant_id = $1 AND metric = $2",
+            &[&tenant, &metric],
+        )
+        .expect("read counter")
+        .map_or(0, |row| row.get(0))
+}
+
+/// Run `calls` on `connections` connections of their own, all released at
+/// once by a barrier after connecting; returns each call's result in order.
+/// Call `i` runs on connection `i % connections`.
+pub fn race<T, F>(db: &TestDb, connections: usize, calls: usize, call: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(&mut Client, usize) -> T + Send + Sync + 'static,
+{
+    let call = Arc::new(call);
+    let barrier = Arc::new(Barrier::new(connections));
+    let handles: Vec<_> = (0..connections)
+        .map(|worker| {
+            let (call, barrier, mut client) = (call.clone(), barrier.clone(), db.connect());
+            thread::spawn(move || {
+                barrier.wait();
+                (worker..calls)
+                    .step_by(connections)
+                    .map(|i| (i, call(&mut client, i)))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut results: Vec<(usize, T)> = handles
+        .into_iter()
+        .flat_map(|handle| handle.join().expect("a racing caller panicked"))
+        .collect();
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
+/// Poll `condition` every 10 ms until it holds; fail after a minute.
+pub fn wait_until<F: FnMut(&mut Client) -> bool>(
+    client: &mut Client,
+    what: &str,
+    mut condition: F,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !condition(client) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting until {what}"
+        );
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
