@@ -1,0 +1,126 @@
+# Shared by scripts/demo.sh, scripts/test.sh and bench/run.sh: setting up this
+# machine (idempotent, fast when already done) and running a local Postgres
+# cluster for tally. Source it; do not run it.
+
+set -euo pipefail
+
+TALLY_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_MAJOR=15
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PG_CONFIG=$PG_BIN/pg_config
+PGRX_VERSION=0.18.1
+# Build output lives outside the clone so a fresh clone reuses it.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally/target}
+export PATH=$HOME/.cargo/bin:$PATH
+# Clusters live where the postgres user can reach them (not under /root).
+TALLY_RUN_DIR=${TALLY_RUN_DIR:-/var/tmp/tally}
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# The user that runs Postgres: postgres when we are root (Postgres refuses
+# to run as root), else ourselves.
+pg_user() {
+    if [ "$(id -u)" -eq 0 ]; then echo postgres; else id -un; fi
+}
+
+as_pg_user() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+setup_packages() {
+    local wanted=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev
+                  build-essential sudo curl ca-certificates python3)
+    local missing=()
+    for package in "${wanted[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+setup_pgrx() {
+    command -v cargo >/dev/null || die "cargo is not installed (install Rust with rustup first)"
+    if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+        say "installing cargo-pgrx $PGRX_VERSION (about 12 minutes on 2 cores, once)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+    fi
+    local config=${PGRX_HOME:-$HOME/.pgrx}/config.toml
+    if ! grep -qs "pg$PG_MAJOR = \"$PG_CONFIG\"" "$config"; then
+        say "pointing pgrx at Debian's Postgres $PG_MAJOR"
+        cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG" >/dev/null
+    fi
+}
+
+setup() {
+    setup_packages
+    setup_pgrx
+}
+
+# Build the extension and install it into Debian's Postgres.
+install_extension() {
+    local profile=${1:-release}
+    say "building and installing the tally extension ($profile)"
+    local flags=(--pg-config "$PG_CONFIG")
+    if [ "$profile" = release ]; then flags+=(--release); fi
+    # Debian's extension directories belong to root.
+    if [ "$(id -u)" -ne 0 ]; then flags+=(--sudo); fi
+    (cd "$TALLY_ROOT/extension" && cargo pgrx install "${flags[@]}" >/dev/null)
+    install_released_scripts
+}
+
+# Earlier versions' install scripts, so `CREATE EXTENSION tally VERSION '…'`
+# and the upgrade test can start from a released version.
+install_released_scripts() {
+    local extdir
+    extdir=$("$PG_CONFIG" --sharedir)/extension
+    as_root cp "$TALLY_ROOT"/sql/released/tally--*.sql "$extdir"/ 2>/dev/null || true
+}
+
+# cluster_start NAME PORT: start (creating if needed) a local cluster listening
+# on 127.0.0.1:PORT with its socket in its own directory. Trust auth: it is a
+# throwaway cluster for the demo and the tests, reachable only locally.
+cluster_start() {
+    local name=$1 port=$2
+    local dir=$TALLY_RUN_DIR/$name
+    as_root mkdir -p "$TALLY_RUN_DIR"
+    as_root chmod 1777 "$TALLY_RUN_DIR"
+    if [ ! -f "$dir/data/PG_VERSION" ]; then
+        say "creating cluster $name in $dir"
+        as_root rm -rf "$dir"
+        as_pg_user mkdir -p "$dir/data" "$dir/socket"
+        as_pg_user "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
+    fi
+    if as_pg_user "$PG_BIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        return 0
+    fi
+    say "starting cluster $name on 127.0.0.1:$port"
+    as_pg_user "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/socket -c max_connections=300 -c shared_buffers=256MB" \
+        >/dev/null || { tail -20 "$dir/postgres.log" >&2; die "cluster $name did not start"; }
+}
+
+cluster_stop() {
+    local name=$1
+    local dir=$TALLY_RUN_DIR/$name
+    [ -f "$dir/data/PG_VERSION" ] || return 0
+    as_pg_user "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+cluster_url() {
+    local port=$1 database=${2:-postgres}
+    echo "postgresql://postgres@127.0.0.1:$port/$database"
+}
+
+# psql against a local cluster, stopping at the first error.
+pg() {
+    local port=$1; shift
+    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Set this machine up (Postgres 15 and its headers, cargo-pgrx) and run every
+# check and test of tally: formatting, clippy, the extension's unit tests and
+# #[pg_test]s, and the integration tests against a local cluster. Ends with a
+# summary of every suite; exits non-zero if anything failed.
+#
+# Usage: scripts/test.sh          (as root, or a user with sudo)
+source "$(dirname "$0")/lib.sh"
+if [ "$(id -u)" -ne 0 ]; then exec sudo --preserve-env=CARGO_TARGET_DIR "$0" "$@"; fi
+
+port=${TALLY_TEST_PORT:-5498}
+log_dir=$(mktemp -d)
+summary=()
+failed=0
+
+# suite NAME COMMAND...: run one suite, keep its output, remember its result.
+suite() {
+    local name=$1; shift
+    local log=$log_dir/$name.log status=0
+    say "$name"
+    "$@" 2>&1 | tee "$log" || status=$?
+    local passed=0 failures=0 line
+    while read -r line; do
+        passed=$((passed + $(sed -n 's/.* \([0-9]*\) passed.*/\1/p' <<<"$line")))
+        failures=$((failures + $(sed -n 's/.* \([0-9]*\) failed.*/\1/p' <<<"$line")))
+    done < <(grep -a 'test result:' "$log" || true)
+    if [ $status -ne 0 ]; then
+        failed=1
+        summary+=("FAILED  $name: exit status $status, $passed passed, $failures failed")
+    else
+        summary+=("ok      $name: $passed passed")
+    fi
+}
+
+print_summary() {
+    printf '\n\033[1m==> summary\033[0m\n' >&2
+    printf '  %s\n' "${summary[@]}" >&2
+    if [ $failed -eq 0 ]; then
+        printf '\033[1mtally: all suites passed\033[0m\n' >&2
+    else
+        printf '\033[1mtally: SOME SUITES FAILED\033[0m\n' >&2
+    fi
+}
+trap print_summary EXIT
+
+setup
+cd "$TALLY_ROOT"
+
+suite fmt cargo fmt --all --check
+suite clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The extension's unit tests and #[pg_test]s, in a throwaway cluster that
+# cargo-pgrx starts as the postgres user.
+pgrx_data=$TALLY_RUN_DIR/pgrx-test
+mkdir -p "$pgrx_data" && chown postgres: "$pgrx_data" && chmod 1777 "$TALLY_RUN_DIR"
+suite extension bash -c "cd extension && cargo pgrx test pg$PG_MAJOR --runas postgres --pgdata '$pgrx_data'"
+
+# Integration tests against a cluster of our own with the extension installed.
+install_extension debug
+cluster_start test "$port"
+export TALLY_TEST_DATABASE_URL
+TALLY_TEST_DATABASE_URL=$(cluster_url "$port")
+suite integration cargo test --locked -p tally-tests
+
+exit $failed
