@@ -1,0 +1,112 @@
+//! When a usage report that failed to send is tried again, and when it is
+//! given up.
+
+/// Delays between attempts: `base · 2^(attempts−1)`, capped at `max`, then
+/// lengthened by up to a quarter at random. Jitter only lengthens, so until
+/// the cap each delay is longer than the one before (doubling beats +25%).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub base_ms: i64,
+    pub max_ms: i64,
+}
+
+impl Backoff {
+    /// The delay after failed attempt number `attempts` (1 for the first),
+    /// with `jitter` drawn uniformly from `[0, 1)`.
+    pub fn delay_ms(self, attempts: i32, jitter: f64) -> i64 {
+        let doublings = attempts.saturating_sub(1).clamp(0, 62) as u32;
+        let delay = self
+            .base_ms
+            .saturating_mul(1_i64 << doublings)
+            .min(self.max_ms);
+        delay + (delay as f64 * 0.25 * jitter.clamp(0.0, 1.0)) as i64
+    }
+}
+
+/// What becomes of a report after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Back in the queue, claimable again after the delay.
+    Retry { delay_ms: i64 },
+    /// Marked `failed`: kept and listed, never claimed again.
+    Fail,
+}
+
+/// A permanent failure, or the failure of the last allowed attempt, ends a
+/// report; anything else is retried after the backoff.
+pub fn after_failure(
+    attempts: i32,
+    max_attempts: i32,
+    permanent: bool,
+    backoff: Backoff,
+    jitter: f64,
+) -> AfterFailure {
+    if permanent || attempts >= max_attempts {
+        AfterFailure::Fail
+    } else {
+        AfterFailure::Retry {
+            delay_ms: backoff.delay_ms(attempts.max(1), jitter),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BACKOFF: Backoff = Backoff {
+        base_ms: 10_000,
+        max_ms: 3_600_000,
+    };
+
+    #[test]
+    fn delays_double_from_the_base_up_to_the_cap() {
+        let delays: Vec<i64> = (1..=11)
+            .map(|attempt| BACKOFF.delay_ms(attempt, 0.0))
+            .collect();
+        assert_eq!(
+            delays,
+            [
+                10_000, 20_000, 40_000, 80_000, 160_000, 320_000, 640_000, 1_280_000, 2_560_000,
+                3_600_000, 3_600_000
+            ]
+        );
+        assert_eq!(BACKOFF.delay_ms(i32::MAX, 0.0), 3_600_000);
+        assert_eq!(BACKOFF.delay_ms(0, 0.0), 10_000);
+    }
+
+    #[test]
+    fn jitter_adds_at_most_a_quarter_and_delays_still_grow() {
+        assert_eq!(BACKOFF.delay_ms(1, 0.999_999), 12_499);
+        assert_eq!(BACKOFF.delay_ms(3, 0.5), 45_000);
+        // The longest delay of one attempt is shorter than the shortest of the next.
+        for attempt in 1..9 {
+            assert!(BACKOFF.delay_ms(attempt, 0.999_999) < BACKOFF.delay_ms(attempt + 1, 0.0));
+        }
+        assert!(BACKOFF.delay_ms(20, 0.999_999) < 3_600_000 * 5 / 4);
+    }
+
+    #[test]
+    fn a_report_ends_on_a_permanent_failure_or_its_last_attempt() {
+        assert_eq!(
+            after_failure(1, 10, false, BACKOFF, 0.0),
+            AfterFailure::Retry { delay_ms: 10_000 }
+        );
+        assert_eq!(
+            after_failure(9, 10, false, BACKOFF, 0.0),
+            AfterFailure::Retry {
+                delay_ms: 2_560_000
+            }
+        );
+        assert_eq!(
+            after_failure(10, 10, false, BACKOFF, 0.0),
+            AfterFailure::Fail
+        );
+        assert_eq!(after_failure(1, 10, true, BACKOFF, 0.0), AfterFailure::Fail);
+        // Failed before it was ever claimed: treated as the first attempt.
+        assert_eq!(
+            after_failure(0, 10, false, BACKOFF, 0.0),
+            AfterFailure::Retry { delay_ms: 10_000 }
+        );
+    }
+}
