@@ -6,4 +6,4 @@ pub mod cli;
 pub mod db;
 
 /// The extension version this build of tallyd speaks to.
-pub const EXTENSION_VERSION: &str = "0.1.0";
+pub const EXTENSION_VERSION: &str = "0.2.0";

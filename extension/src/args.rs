@@ -2,7 +2,10 @@
 //! functions take every argument as `Option` so a NULL is reported (22004)
 //! instead of silently returning NULL, as a STRICT function would.
 
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+
 use crate::errors::{empty_argument, invalid_argument, null_argument, Failure};
+use crate::rules::Micros;
 
 /// Stripe accepts idempotency keys of up to 255 characters; tally keeps the
 /// same bound so a key can be passed through unchanged.
@@ -46,6 +49,69 @@ pub fn idempotency_key(value: Option<&str>) -> Result<Option<&str>, Failure> {
     }
 }
 
+/// A count that may be zero but not negative.
+pub fn count(name: &str, value: Option<i64>) -> Result<i64, Failure> {
+    match value {
+        None => Err(null_argument(name)),
+        Some(count) if count < 0 => Err(invalid_argument(format!("{name} must not be negative"))
+            .detail(format!("{name} = {count}"))
+            .hint(format!("pass the {name} count, 0 or more"))),
+        Some(count) => Ok(count),
+    }
+}
+
+/// A positive whole number, such as a batch size.
+pub fn positive(name: &str, value: Option<i32>) -> Result<i32, Failure> {
+    match value {
+        None => Err(null_argument(name)),
+        Some(n) if n <= 0 => Err(invalid_argument(format!("{name} must be positive"))
+            .detail(format!("{name} = {n}"))
+            .hint(format!("pass a {name} of 1 or more"))),
+        Some(n) => Ok(n),
+    }
+}
+
+/// A positive interval, in microseconds.
+pub fn positive_interval(name: &str, value: Interval) -> Result<i64, Failure> {
+    match i64::try_from(value.as_micros()) {
+        Ok(micros) if micros > 0 => Ok(micros),
+        _ => Err(
+            invalid_argument(format!("{name} must be a positive interval"))
+                .detail(format!("{name} = {value}"))
+                .hint(format!("pass a {name} such as '5 minutes'")),
+        ),
+    }
+}
+
+/// A billing period: a start, and an end after it or none (one month).
+pub fn period(
+    start: Option<TimestampWithTimeZone>,
+    end: Option<TimestampWithTimeZone>,
+) -> Result<(Micros, Option<Micros>), Failure> {
+    let Some(start) = start.filter(|start| start.is_finite()) else {
+        return Err(match start {
+            None => null_argument("period_start"),
+            Some(_) => {
+                invalid_argument("billing period must be finite").hint("give real timestamps")
+            }
+        });
+    };
+    let (start_micros, end_micros) = (start.into_inner(), end.map(|end| end.into_inner()));
+    match end {
+        Some(end) if !end.is_finite() => {
+            Err(invalid_argument("billing period must be finite").hint("give real timestamps"))
+        }
+        Some(end) if end.into_inner() <= start_micros => {
+            Err(invalid_argument("period_end must be after period_start")
+                .detail(format!("period {start} to {end}"))
+                .hint(
+                    "a billing period is [period_start, period_end): the end comes after the start",
+                ))
+        }
+        _ => Ok((start_micros, end_micros)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +147,24 @@ mod tests {
             assert_eq!(failure.code, ERRCODE_INVALID_PARAMETER_VALUE);
             assert_eq!(failure.detail, Some(format!("units = {bad}")));
         }
+    }
+
+    #[test]
+    fn counts_may_be_zero_but_not_negative() {
+        assert_eq!(count("actual", Some(0)), Ok(0));
+        assert_eq!(
+            count("actual", None).unwrap_err().code,
+            ERRCODE_NULL_VALUE_NOT_ALLOWED
+        );
+        assert_eq!(
+            count("actual", Some(-1)).unwrap_err().message,
+            "actual must not be negative"
+        );
+        assert_eq!(
+            positive("batch", Some(0)).unwrap_err().message,
+            "batch must be positive"
+        );
+        assert_eq!(positive("batch", Some(1)), Ok(1));
     }
 
     #[test]

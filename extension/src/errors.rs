@@ -111,6 +111,28 @@ pub fn counter_out_of_range(tenant_id: &str, metric: &str, used: i64, units: i64
     .hint("reset or sync the counter, or give the metric a finite limit")
 }
 
+pub fn customer_linked_elsewhere(provider: &str, customer_id: &str, other_tenant: &str) -> Failure {
+    Failure::new(
+        PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+        "customer already linked to another tenant",
+    )
+    .detail(format!(
+        "{provider} customer {} belongs to tenant {}",
+        quoted(customer_id),
+        quoted(other_tenant)
+    ))
+    .hint("one provider customer bills one tenant: unlink it from the other tenant first")
+}
+
+pub fn report_not_found(id: i64) -> Failure {
+    Failure::new(
+        PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+        "usage report not found",
+    )
+    .detail(format!("no usage report has id {id}"))
+    .hint("list reports in tally.usage_reports")
+}
+
 pub fn plan_change_refused(message: &str) -> Failure {
     Failure::new(
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

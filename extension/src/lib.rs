@@ -1,14 +1,18 @@
 //! tally: usage metering and quota enforcement that cannot be raced.
 //!
-//! The schema (`sql/schema/*.sql`) holds the configuration and the counters;
-//! the functions here enforce the rules of [`rules`] under row locks.
+//! The schema (`sql/schema/*.sql`) holds the configuration, the counters,
+//! provider events and the usage-report queue; the functions here enforce
+//! the rules of [`rules`] under row locks.
 
 use pgrx::prelude::*;
 
 mod args;
 mod composite;
 mod errors;
+mod gucs;
+mod lifecycle;
 mod plan_change;
+mod reports;
 pub mod rules;
 mod spi;
 mod usage;
@@ -21,9 +25,15 @@ extension_sql_file!(
     name = "usage",
     requires = ["config"]
 );
+extension_sql_file!(
+    "../../sql/schema/billing.sql",
+    name = "billing",
+    requires = ["usage"]
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    gucs::register();
     composite::register_invalidation();
 }
 

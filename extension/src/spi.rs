@@ -19,7 +19,9 @@ use crate::errors::Failure;
 use crate::rules::Micros;
 
 pub const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+pub const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
 pub const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
+pub const INTERVAL: PgOid = PgOid::BuiltIn(PgBuiltInOids::INTERVALOID);
 pub const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
 pub const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
 
@@ -34,11 +36,39 @@ thread_local! {
     static KEPT: RefCell<HashMap<usize, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }
 
+/// The statements are written for this version's schema. Between installing
+/// a new library and `ALTER EXTENSION tally UPDATE`, the database still has
+/// the old schema: say so, rather than fail on a missing column.
+fn check_schema_version(client: &SpiClient<'_>) {
+    const LIBRARY: &str = env!("CARGO_PKG_VERSION");
+    let installed = client
+        .select(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'tally'",
+            Some(1),
+            &[],
+        )
+        .ok()
+        .and_then(|mut table| table.next())
+        .and_then(|row| row.get::<String>(1).ok().flatten());
+    if let Some(installed) = installed.filter(|installed| installed != LIBRARY) {
+        Failure {
+            code: PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            message: "tally needs an update".into(),
+            detail: Some(format!(
+                "the installed library is tally {LIBRARY}, this database has tally {installed}"
+            )),
+            hint: Some("run ALTER EXTENSION tally UPDATE (or tallyd migrate)".into()),
+        }
+        .raise()
+    }
+}
+
 fn kept(client: &SpiClient<'_>, statement: &'static Statement) -> Rc<OwnedPreparedStatement> {
     let key = statement as *const Statement as usize;
     if let Some(plan) = KEPT.with(|kept| kept.borrow().get(&key).cloned()) {
         return plan;
     }
+    check_schema_version(client);
     let plan = client
         .prepare_mut(statement.sql, statement.params)
         .unwrap_or_else(|error| bug(format!("preparing a statement: {error}")))

@@ -6,7 +6,8 @@
 //! under READ COMMITTED, the limit check is re-evaluated against the latest
 //! committed count once the lock is granted. N racing callers are therefore
 //! admitted exactly as far as the limit allows. A refusal is answered from the
-//! same row. Everything else (first use, a new period, a copy cleared by a
+//! same row. An allowed increment of a billed metric also writes a usage
+//! report, in the same transaction. Everything else (first use, a new period, a copy cleared by a
 //! configuration change) takes the slow path: lock the counter, read the
 //! configuration fresh, let [`rules::increment`] decide, and refresh the copy.
 
@@ -34,19 +35,25 @@ static FAST_INCREMENT: Statement = Statement {
              AND limits_valid
              AND (NOT calendar_period OR period_start = $4)
              AND used <= coalesce(max_units, 9223372036854775807) - $3
-       RETURNING used, max_units",
+       RETURNING used, max_units, meter_event",
     params: &[TEXT, TEXT, INT8, TIMESTAMPTZ],
 };
 
+static ENQUEUE_REPORT: Statement = Statement {
+    sql: "INSERT INTO tally.usage_reports (tenant_id, metric, event_name, units)
+          VALUES ($1, $2, $3, $4)",
+    params: &[TEXT, TEXT, TEXT, INT8],
+};
+
 static PEEK_COUNTER: Statement = Statement {
-    sql: "SELECT used, period_start, max_units, calendar_period, limits_valid
+    sql: "SELECT used, period_start, max_units, calendar_period, limits_valid, meter_event
             FROM tally.usage_counters
            WHERE tenant_id = $1 AND metric = $2",
     params: &[TEXT, TEXT],
 };
 
 static LOCK_COUNTER: Statement = Statement {
-    sql: "SELECT used, period_start, max_units, calendar_period, limits_valid
+    sql: "SELECT used, period_start, max_units, calendar_period, limits_valid, meter_event
             FROM tally.usage_counters
            WHERE tenant_id = $1 AND metric = $2
              FOR UPDATE",
@@ -74,7 +81,8 @@ static ENSURE_COUNTER: Statement = Statement {
 
 /// The tenant, the metric and the plan's limit.
 static CONTEXT: Statement = Statement {
-    sql: "SELECT t.period_start, t.period_end, m.kind, l.plan_id IS NOT NULL, l.max_units
+    sql: "SELECT t.period_start, t.period_end, m.kind, l.plan_id IS NOT NULL, l.max_units,
+                 m.stripe_meter_event
             FROM tally.tenants AS t
             LEFT JOIN tally.metrics AS m ON m.metric = $2
             LEFT JOIN tally.plan_limits AS l ON l.plan_id = t.plan_id AND l.metric = $2
@@ -84,9 +92,10 @@ static CONTEXT: Statement = Statement {
 
 static WRITE_COUNTER: Statement = Statement {
     sql: "UPDATE tally.usage_counters
-             SET used = $3, period_start = $4, max_units = $5, calendar_period = $6, limits_valid = $7
+             SET used = $3, period_start = $4, max_units = $5, calendar_period = $6,
+                 limits_valid = $7, meter_event = $8
            WHERE tenant_id = $1 AND metric = $2",
-    params: &[TEXT, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, BOOL],
+    params: &[TEXT, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, BOOL, TEXT],
 };
 
 static WRITE_COUNT: Statement = Statement {
@@ -126,6 +135,8 @@ pub struct Context {
     pub calendar_period: bool,
     pub kind: Kind,
     pub limit: Limit,
+    /// The Stripe meter event of a billed metric.
+    pub meter_event: Option<String>,
 }
 
 impl Context {
@@ -140,6 +151,7 @@ impl Context {
             max_units,
             calendar_period: self.kind == Kind::Consumable && self.calendar_period,
             valid,
+            meter_event: self.meter_event.clone(),
         }
     }
 }
@@ -159,18 +171,20 @@ pub fn load_context(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str) -
         calendar_period: period_start.is_none(),
         kind,
         limit: Limit::from_row(spi::get(&row, 4).unwrap_or(false), spi::get(&row, 5)),
+        meter_event: spi::get(&row, 6),
     }
 }
 
 /// A counter's copy of its configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct CachedLimits {
     max_units: Option<i64>,
     calendar_period: bool,
     valid: bool,
+    meter_event: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct StoredCounter {
     counter: Counter,
     limits: CachedLimits,
@@ -187,6 +201,7 @@ impl StoredCounter {
                 max_units: spi::get(row, 3),
                 calendar_period: spi::get(row, 4).unwrap_or(false),
                 valid: spi::get(row, 5).unwrap_or(false),
+                meter_event: spi::get(row, 6),
             },
         }
     }
@@ -198,6 +213,21 @@ impl StoredCounter {
         (self.limits.valid && period_current)
             .then(|| self.limits.max_units.map_or(Limit::Unlimited, Limit::Max))
     }
+}
+
+/// Lock a counter and read its count, if it exists.
+pub fn lock_count(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str) -> Option<Counter> {
+    lock_counter(client, tenant_id, metric).map(|stored| stored.counter)
+}
+
+/// Store a count, leaving the counter's copy of its limits alone.
+pub fn write_count(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, counter: Counter) {
+    let period = spi::timestamptz(counter.period_start);
+    spi::run(
+        client,
+        &WRITE_COUNT,
+        &[tenant_id.into(), metric.into(), counter.used.into(), period],
+    );
 }
 
 fn lock_counter(
@@ -222,8 +252,26 @@ fn write_counter(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, stor
             limits.max_units.into(),
             limits.calendar_period.into(),
             limits.valid.into(),
+            limits.meter_event.as_deref().into(),
         ],
     );
+}
+
+/// Write the usage report of an allowed increment of a billed metric.
+fn enqueue_report(
+    client: &mut SpiClient<'_>,
+    tenant_id: &str,
+    metric: &str,
+    event_name: &str,
+    units: i64,
+) {
+    let args = [
+        tenant_id.into(),
+        metric.into(),
+        event_name.into(),
+        units.into(),
+    ];
+    spi::run(client, &ENQUEUE_REPORT, &args);
 }
 
 fn raise_overflow(tenant_id: &str, metric: &str, overflow: rules::Overflow) -> ! {
@@ -240,18 +288,20 @@ fn increment(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, units: i
     ) {
         let used =
             spi::get(&row, 1).unwrap_or_else(|| spi::bug("fast increment without a count".into()));
-        return Outcome::allowed(
-            used,
-            spi::get::<i64>(&row, 2).map_or(Limit::Unlimited, Limit::Max),
-        );
+        let limit = spi::get::<i64>(&row, 2).map_or(Limit::Unlimited, Limit::Max);
+        if let Some(event_name) = spi::get::<String>(&row, 3) {
+            enqueue_report(client, tenant_id, metric, &event_name, units);
+        }
+        return Outcome::allowed(used, limit);
     }
 
     // The fast path saw the latest count: if the row's copy is current, the
     // units did not fit (or would overflow), and the row says so.
     let peeked = spi::first_row(client, &PEEK_COUNTER, &[tenant_id.into(), metric.into()])
         .map(|row| StoredCounter::from_row(&row));
-    if let Some((stored, limit)) =
-        peeked.and_then(|s| s.current_limit(calendar_month).map(|limit| (s, limit)))
+    if let Some((stored, limit)) = peeked
+        .as_ref()
+        .and_then(|s| s.current_limit(calendar_month).map(|limit| (s, limit)))
     {
         let used = stored.counter.used;
         if !rules::fits(limit, used, units).unwrap_or_else(|o| raise_overflow(tenant_id, metric, o))
@@ -270,7 +320,7 @@ fn increment(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, units: i
     let change = rules::increment(
         context.kind,
         context.limit,
-        stored.map(|s| s.counter),
+        stored.as_ref().map(|s| s.counter),
         context.period.start,
         units,
     )
@@ -283,6 +333,9 @@ fn increment(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, units: i
         if fresh != stored {
             write_counter(client, tenant_id, metric, fresh);
         }
+    }
+    if let (true, Some(event_name)) = (change.result.allowed, &context.meter_event) {
+        enqueue_report(client, tenant_id, metric, event_name, units);
     }
     change.result
 }
@@ -375,20 +428,11 @@ fn decrement_usage(
     let units = args::units(units).or_raise();
 
     Spi::connect_mut(|client| {
-        let stored = lock_counter(client, tenant_id, metric).map(|s| s.counter);
+        let stored = lock_count(client, tenant_id, metric);
         let context = load_context(client, tenant_id, metric);
         let change = rules::decrement(context.kind, stored, context.period.start, units);
         if let Some(counter) = change.write {
-            spi::run(
-                client,
-                &WRITE_COUNT,
-                &[
-                    tenant_id.into(),
-                    metric.into(),
-                    counter.used.into(),
-                    spi::timestamptz(counter.period_start),
-                ],
-            );
+            write_count(client, tenant_id, metric, counter);
         }
         change.result
     })

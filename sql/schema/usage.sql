@@ -17,7 +17,10 @@ CREATE TABLE tally.usage_counters (
     max_units       bigint,
     calendar_period boolean NOT NULL DEFAULT false,
     limits_valid    boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (tenant_id, metric)
+    PRIMARY KEY (tenant_id, metric),
+    -- Since 0.2.0, also part of the copy: the metric's stripe_meter_event
+    -- (an allowed increment of a billed metric writes a usage report).
+    meter_event     text
 ) WITH (fillfactor = 70);
 
 -- Keeping the copies valid. A transaction that changes the configuration
@@ -65,8 +68,9 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER invalidate_counters AFTER UPDATE OF kind ON tally.metrics
-    FOR EACH ROW WHEN (OLD.kind IS DISTINCT FROM NEW.kind)
+CREATE TRIGGER invalidate_counters AFTER UPDATE OF kind, stripe_meter_event ON tally.metrics
+    FOR EACH ROW WHEN (OLD.kind IS DISTINCT FROM NEW.kind
+                       OR OLD.stripe_meter_event IS DISTINCT FROM NEW.stripe_meter_event)
     EXECUTE FUNCTION tally._invalidate_metric();
 
 CREATE FUNCTION tally._invalidate_tenant() RETURNS trigger

@@ -3,7 +3,9 @@
 
 mod bad_input;
 mod enforcement;
+mod lifecycle;
 mod plan_changes;
+mod queue;
 
 use pgrx::prelude::*;
 

@@ -1,0 +1,245 @@
+//! The billing life cycle: `reset_usage` (a payment succeeded),
+//! `start_period` (a renewal), `sync_usage` (reconcile a count with the
+//! caller's truth), `set_tenant_status` and `link_provider_customer`.
+
+use pgrx::prelude::*;
+
+use crate::args;
+use crate::errors::{self, OrRaise};
+use crate::rules::{self, Kind, Provider, TenantStatus};
+use crate::spi::{self, Statement, TEXT, TIMESTAMPTZ};
+use crate::usage::{self, load_tenant};
+
+static METRIC_KIND: Statement = Statement {
+    sql: "SELECT kind FROM tally.metrics WHERE metric = $1",
+    params: &[TEXT],
+};
+
+/// Consumable counters of a tenant (or one of them, `$2`) back to 0 in the
+/// period starting at `$3`.
+static RESET_CONSUMABLES: Statement = Statement {
+    sql: "UPDATE tally.usage_counters AS c SET used = 0, period_start = $3
+            FROM tally.metrics AS m
+           WHERE c.tenant_id = $1 AND m.metric = c.metric AND m.kind = 'consumable'
+             AND ($2::text IS NULL OR c.metric = $2)
+             AND (c.used <> 0 OR c.period_start IS DISTINCT FROM $3)",
+    params: &[TEXT, TEXT, TIMESTAMPTZ],
+};
+
+static LOCK_TENANT_PERIOD: Statement = Statement {
+    sql: "SELECT period_start FROM tally.tenants WHERE tenant_id = $1 FOR NO KEY UPDATE",
+    params: &[TEXT],
+};
+
+/// The renewal; the tenants trigger clears the counters' copies of the limits.
+static SET_PERIOD: Statement = Statement {
+    sql: "UPDATE tally.tenants SET period_start = $2, period_end = $3 WHERE tenant_id = $1",
+    params: &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
+};
+
+/// Every consumable starts the new period at 0, whatever period it was
+/// counted in (a tenant's first stored period may start before the calendar
+/// month its counts were kept in).
+static RESET_FOR_PERIOD: Statement = Statement {
+    sql: "UPDATE tally.usage_counters AS c SET used = 0, period_start = $2
+            FROM tally.metrics AS m
+           WHERE c.tenant_id = $1 AND m.metric = c.metric AND m.kind = 'consumable'",
+    params: &[TEXT, TIMESTAMPTZ],
+};
+
+/// A counter for any metric, in the plan or not: a sync records what is.
+static ENSURE_ANY_COUNTER: Statement = Statement {
+    sql: "INSERT INTO tally.usage_counters (tenant_id, metric)
+          SELECT t.tenant_id, m.metric FROM tally.tenants AS t, tally.metrics AS m
+           WHERE t.tenant_id = $1 AND m.metric = $2
+              ON CONFLICT (tenant_id, metric) DO NOTHING",
+    params: &[TEXT, TEXT],
+};
+
+static SET_STATUS: Statement = Statement {
+    sql:
+        "UPDATE tally.tenants SET status = $2 WHERE tenant_id = $1 AND status <> $2 RETURNING true",
+    params: &[TEXT, TEXT],
+};
+
+static TENANT_EXISTS: Statement = Statement {
+    sql: "SELECT true FROM tally.tenants WHERE tenant_id = $1",
+    params: &[TEXT],
+};
+
+static STRIPE_OWNER: Statement = Statement {
+    sql: "SELECT tenant_id FROM tally.tenants WHERE stripe_customer_id = $1",
+    params: &[TEXT],
+};
+
+static PADDLE_OWNER: Statement = Statement {
+    sql: "SELECT tenant_id FROM tally.tenants WHERE paddle_customer_id = $1",
+    params: &[TEXT],
+};
+
+static LINK_STRIPE: Statement = Statement {
+    sql: "UPDATE tally.tenants
+             SET stripe_customer_id = $2, stripe_subscription_id = coalesce($3, stripe_subscription_id)
+           WHERE tenant_id = $1 RETURNING true",
+    params: &[TEXT, TEXT, TEXT],
+};
+
+static LINK_PADDLE: Statement = Statement {
+    sql: "UPDATE tally.tenants
+             SET paddle_customer_id = $2, paddle_subscription_id = coalesce($3, paddle_subscription_id)
+           WHERE tenant_id = $1 RETURNING true",
+    params: &[TEXT, TEXT, TEXT],
+};
+
+/// Consumables back to 0 (a payment succeeded): all of the tenant's, or the
+/// one named. Returns how many counters changed.
+#[pg_extern]
+fn reset_usage(tenant_id: Option<&str>, metric: default!(Option<&str>, NULL)) -> i64 {
+    let tenant_id = args::id("tenant_id", tenant_id).or_raise();
+    let metric = metric.map(|metric| args::id("metric", Some(metric)).or_raise());
+    Spi::connect_mut(|client| {
+        let tenant = load_tenant(client, tenant_id);
+        if let Some(metric) = metric {
+            let kind = spi::first_row(client, &METRIC_KIND, &[metric.into()])
+                .and_then(|row| spi::get::<String>(&row, 1))
+                .unwrap_or_else(|| errors::metric_not_found(metric).raise());
+            if Kind::parse(&kind) != Some(Kind::Consumable) {
+                errors::invalid_argument("reset_usage resets consumables only")
+                    .detail(format!("metric '{metric}' is an {kind}"))
+                    .hint("correct a standing count with tally.sync_usage or tally.decrement_usage")
+                    .raise()
+            }
+        }
+        let period = spi::timestamptz(Some(tenant.period.start));
+        spi::run(
+            client,
+            &RESET_CONSUMABLES,
+            &[tenant_id.into(), metric.into(), period],
+        )
+        .len() as i64
+    })
+}
+
+/// A renewal: when `period_start` is later than the stored one, store the
+/// new period, reset the consumables and return true. The same or an older
+/// period (a retried or out-of-order event) changes nothing: false.
+#[pg_extern]
+fn start_period(
+    tenant_id: Option<&str>,
+    period_start: Option<TimestampWithTimeZone>,
+    period_end: default!(Option<TimestampWithTimeZone>, NULL),
+) -> bool {
+    let tenant_id = args::id("tenant_id", tenant_id).or_raise();
+    let (start, end) = args::period(period_start, period_end).or_raise();
+    Spi::connect_mut(|client| {
+        let Some(locked) = spi::first_row(client, &LOCK_TENANT_PERIOD, &[tenant_id.into()]) else {
+            errors::tenant_not_found(tenant_id).raise()
+        };
+        if !rules::is_newer_period(spi::get_micros(&locked, 1), start) {
+            return false;
+        }
+        let args = [
+            tenant_id.into(),
+            spi::timestamptz(Some(start)),
+            spi::timestamptz(end),
+        ];
+        spi::run(client, &SET_PERIOD, &args);
+        spi::run(
+            client,
+            &RESET_FOR_PERIOD,
+            &[tenant_id.into(), spi::timestamptz(Some(start))],
+        );
+        true
+    })
+}
+
+/// Set a counter to `actual`, the caller's own count (say `count(*)` of the
+/// tenant's chatbots), even above the limit. Returns the drift, `actual`
+/// minus the count tally had. Never billed.
+#[pg_extern]
+fn sync_usage(tenant_id: Option<&str>, metric: Option<&str>, actual: Option<i64>) -> i64 {
+    let tenant_id = args::id("tenant_id", tenant_id).or_raise();
+    let metric = args::id("metric", metric).or_raise();
+    let actual = args::count("actual", actual).or_raise();
+    Spi::connect_mut(|client| {
+        spi::run(
+            client,
+            &ENSURE_ANY_COUNTER,
+            &[tenant_id.into(), metric.into()],
+        );
+        let stored = usage::lock_count(client, tenant_id, metric);
+        let context = usage::load_context(client, tenant_id, metric);
+        let previous = rules::current_count(context.kind, stored, context.period.start);
+        let synced = rules::Counter {
+            used: actual,
+            ..previous
+        };
+        if stored != Some(synced) {
+            usage::write_count(client, tenant_id, metric, synced);
+        }
+        actual - previous.used
+    })
+}
+
+/// Set a tenant's status (`active`, `past_due`, `action_required`,
+/// `canceled`); true if it changed. The status does not gate enforcement:
+/// the plan does.
+#[pg_extern]
+fn set_tenant_status(tenant_id: Option<&str>, status: Option<&str>) -> bool {
+    let tenant_id = args::id("tenant_id", tenant_id).or_raise();
+    let status = args::id("status", status).or_raise();
+    if TenantStatus::parse(status).is_none() {
+        errors::invalid_argument("unknown tenant status")
+            .detail(format!("status '{status}'"))
+            .hint(format!("status is one of {}", TenantStatus::NAMES))
+            .raise()
+    }
+    Spi::connect_mut(|client| {
+        if spi::first_row(client, &SET_STATUS, &[tenant_id.into(), status.into()]).is_some() {
+            return true;
+        }
+        if spi::first_row(client, &TENANT_EXISTS, &[tenant_id.into()]).is_none() {
+            errors::tenant_not_found(tenant_id).raise()
+        }
+        false
+    })
+}
+
+/// Link a billing provider's customer (and subscription) to a tenant, so
+/// that the provider's events find it.
+#[pg_extern]
+fn link_provider_customer(
+    tenant_id: Option<&str>,
+    provider: Option<&str>,
+    customer_id: Option<&str>,
+    subscription_id: default!(Option<&str>, NULL),
+) {
+    let tenant_id = args::id("tenant_id", tenant_id).or_raise();
+    let provider_name = args::id("provider", provider).or_raise();
+    let customer_id = args::id("customer_id", customer_id).or_raise();
+    let subscription_id =
+        subscription_id.map(|id| args::id("subscription_id", Some(id)).or_raise());
+    let (owner, link) = match Provider::parse(provider_name) {
+        Some(Provider::Stripe) => (&STRIPE_OWNER, &LINK_STRIPE),
+        Some(Provider::Paddle) => (&PADDLE_OWNER, &LINK_PADDLE),
+        None => errors::invalid_argument("unknown provider")
+            .detail(format!("provider '{provider_name}'"))
+            .hint("provider is stripe or paddle")
+            .raise(),
+    };
+    Spi::connect_mut(|client| {
+        let current_owner = spi::first_row(client, owner, &[customer_id.into()])
+            .and_then(|row| spi::get::<String>(&row, 1));
+        if let Some(other) = current_owner.filter(|other| other != tenant_id) {
+            errors::customer_linked_elsewhere(provider_name, customer_id, &other).raise()
+        }
+        let linked = spi::first_row(
+            client,
+            link,
+            &[tenant_id.into(), customer_id.into(), subscription_id.into()],
+        );
+        if linked.is_none() {
+            errors::tenant_not_found(tenant_id).raise()
+        }
+    })
+}

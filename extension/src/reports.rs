@@ -1,0 +1,215 @@
+//! The usage-report queue the driver drains: `claim_usage_reports`,
+//! `complete_usage_report` and `fail_usage_report`.
+//!
+//! Claims use `FOR UPDATE SKIP LOCKED`, so concurrent workers never hold the
+//! same report, and a lease, so a report held by a worker that died is
+//! claimed again once the lease expires. Nothing is silently dropped: a
+//! report that fails for good is marked `failed` and kept.
+
+use pgrx::datum::Interval;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::args;
+use crate::errors::{self, OrRaise};
+use crate::gucs;
+use crate::rules::{self, AfterFailure, Backoff};
+use crate::spi::{self, Statement, INT4, INT8, INTERVAL, TEXT};
+
+/// The longest error text kept on a report.
+const MAX_ERROR_CHARS: usize = 2_000;
+
+/// Take up to `$1` due reports, oldest due first, skipping those another
+/// worker holds. Those already claimed `$3` times (their last attempt's
+/// lease ran out) are marked failed instead of claimed.
+static CLAIM: Statement = Statement {
+    sql: "WITH due AS (
+              SELECT id, attempts FROM tally.usage_reports
+               WHERE status = 'pending' AND next_attempt_at <= now()
+                 AND (lease_until IS NULL OR lease_until <= now())
+               ORDER BY next_attempt_at, id
+               LIMIT $1
+                 FOR UPDATE SKIP LOCKED
+          ), exhausted AS (
+              UPDATE tally.usage_reports AS r
+                 SET status = 'failed', failed_at = now(), lease_until = NULL,
+                     last_error = concat_ws('; ', r.last_error, format(
+                         'gave up: attempt %s of %s did not finish before its lease expired', r.attempts, $3))
+                FROM due WHERE r.id = due.id AND due.attempts >= $3
+          ), claimed AS (
+              UPDATE tally.usage_reports AS r
+                 SET attempts = r.attempts + 1, lease_until = now() + $2
+                FROM due WHERE r.id = due.id AND due.attempts < $3
+              RETURNING r.id, r.tenant_id, r.metric, r.event_name, r.units, r.identifier,
+                        r.created_at, r.attempts, r.lease_until, r.next_attempt_at
+          )
+          SELECT c.id, c.tenant_id, c.metric, c.event_name, c.units, c.identifier,
+                 t.stripe_customer_id, c.created_at, c.attempts, c.lease_until
+            FROM claimed AS c LEFT JOIN tally.tenants AS t ON t.tenant_id = c.tenant_id
+           ORDER BY c.next_attempt_at, c.id",
+    params: &[INT4, INTERVAL, INT4],
+};
+
+static COMPLETE: Statement = Statement {
+    sql: "UPDATE tally.usage_reports SET status = 'completed', completed_at = now(), lease_until = NULL
+           WHERE id = $1 AND status <> 'completed'
+       RETURNING true",
+    params: &[INT8],
+};
+
+static REPORT_EXISTS: Statement = Statement {
+    sql: "SELECT true FROM tally.usage_reports WHERE id = $1",
+    params: &[INT8],
+};
+
+static LOCK_REPORT: Statement = Statement {
+    sql: "SELECT status, attempts FROM tally.usage_reports WHERE id = $1 FOR UPDATE",
+    params: &[INT8],
+};
+
+static RETRY_LATER: Statement = Statement {
+    sql: "UPDATE tally.usage_reports
+             SET next_attempt_at = now() + $2, lease_until = NULL, last_error = $3
+           WHERE id = $1",
+    params: &[INT8, INTERVAL, TEXT],
+};
+
+static GIVE_UP: Statement = Statement {
+    sql: "UPDATE tally.usage_reports
+             SET status = 'failed', failed_at = now(), lease_until = NULL, last_error = $2
+           WHERE id = $1",
+    params: &[INT8, TEXT],
+};
+
+fn interval_ms(ms: i64) -> Interval {
+    Interval::from_micros(ms.saturating_mul(1_000))
+}
+
+/// Claim up to `batch` due reports for `lease` (default
+/// `tally.report_lease`), oldest due first. Each claim counts as an attempt.
+/// Finish each with `complete_usage_report` or `fail_usage_report`.
+#[allow(clippy::type_complexity)] // pgrx reads the column names from the inline tuple type.
+#[pg_extern]
+fn claim_usage_reports(
+    batch: default!(Option<i32>, 100),
+    lease: default!(Option<Interval>, NULL),
+) -> TableIterator<
+    'static,
+    (
+        name!(id, i64),
+        name!(tenant_id, String),
+        name!(metric, String),
+        name!(event_name, String),
+        name!(units, i64),
+        name!(identifier, String),
+        name!(stripe_customer_id, Option<String>),
+        name!(created_at, TimestampWithTimeZone),
+        name!(attempts, i32),
+        name!(lease_until, TimestampWithTimeZone),
+    ),
+> {
+    let batch = args::positive("batch", batch).or_raise();
+    let lease = match lease {
+        Some(lease) => {
+            args::positive_interval("lease", lease).or_raise();
+            lease
+        }
+        None => interval_ms(i64::from(gucs::REPORT_LEASE_MS.get())),
+    };
+    let max_attempts = gucs::REPORT_MAX_ATTEMPTS.get();
+    let rows = Spi::connect_mut(|client| {
+        spi::run(
+            client,
+            &CLAIM,
+            &[batch.into(), lease.into(), max_attempts.into()],
+        )
+        .map(|row| {
+            let text = |ordinal| spi::get::<String>(&row, ordinal).unwrap_or_default();
+            (
+                spi::get::<i64>(&row, 1).unwrap_or_default(),
+                text(2),
+                text(3),
+                text(4),
+                spi::get::<i64>(&row, 5).unwrap_or_default(),
+                text(6),
+                spi::get::<String>(&row, 7),
+                spi::get::<TimestampWithTimeZone>(&row, 8)
+                    .unwrap_or_else(|| spi::bug("report without created_at".into())),
+                spi::get::<i32>(&row, 9).unwrap_or_default(),
+                spi::get::<TimestampWithTimeZone>(&row, 10)
+                    .unwrap_or_else(|| spi::bug("claimed report without a lease".into())),
+            )
+        })
+        .collect::<Vec<_>>()
+    });
+    TableIterator::new(rows)
+}
+
+/// The report was sent. Idempotent, and final: it also completes a report
+/// that had been marked failed (a late success).
+#[pg_extern]
+fn complete_usage_report(id: Option<i64>) {
+    let id = id.ok_or_else(|| errors::null_argument("id")).or_raise();
+    Spi::connect_mut(|client| {
+        if spi::first_row(client, &COMPLETE, &[id.into()]).is_none()
+            && spi::first_row(client, &REPORT_EXISTS, &[id.into()]).is_none()
+        {
+            errors::report_not_found(id).raise()
+        }
+    })
+}
+
+/// Sending the report failed with `error`. A transient failure puts it back
+/// in the queue after a backoff (`tally.report_backoff_base`, doubling up to
+/// `tally.report_backoff_max`, plus up to 25% jitter); a `permanent` one, or
+/// the failure of the last allowed attempt (`tally.report_max_attempts`),
+/// marks it `failed`. A completed or failed report is left as it is.
+#[pg_extern]
+fn fail_usage_report(
+    id: Option<i64>,
+    error: Option<&str>,
+    permanent: default!(Option<bool>, false),
+) {
+    let id = id.ok_or_else(|| errors::null_argument("id")).or_raise();
+    let error = error
+        .ok_or_else(|| errors::null_argument("error"))
+        .or_raise();
+    let permanent = permanent
+        .ok_or_else(|| errors::null_argument("permanent"))
+        .or_raise();
+    let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
+    Spi::connect_mut(|client| {
+        let Some(report) = spi::first_row(client, &LOCK_REPORT, &[id.into()]) else {
+            errors::report_not_found(id).raise()
+        };
+        if spi::get::<String>(&report, 1).as_deref() != Some("pending") {
+            return;
+        }
+        let attempts = spi::get::<i32>(&report, 2).unwrap_or(0);
+        let backoff = Backoff {
+            base_ms: i64::from(gucs::REPORT_BACKOFF_BASE_MS.get()),
+            max_ms: i64::from(gucs::REPORT_BACKOFF_MAX_MS.get()),
+        };
+        let max_attempts = gucs::REPORT_MAX_ATTEMPTS.get();
+        match rules::after_failure(attempts, max_attempts, permanent, backoff, jitter()) {
+            AfterFailure::Retry { delay_ms } => {
+                let args = [
+                    id.into(),
+                    interval_ms(delay_ms).into(),
+                    error.as_str().into(),
+                ];
+                spi::run(client, &RETRY_LATER, &args);
+            }
+            AfterFailure::Fail => {
+                spi::run(client, &GIVE_UP, &[id.into(), error.as_str().into()]);
+            }
+        }
+    })
+}
+
+/// A uniform draw from `[0, 1)`, from the backend's random number generator.
+fn jitter() -> f64 {
+    // SAFETY: the backend's global generator, seeded at startup; backends are
+    // single-threaded.
+    unsafe { pg_sys::pg_prng_double(&raw mut pg_sys::pg_global_prng_state) }
+}
