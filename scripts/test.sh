@@ -61,5 +61,12 @@ cluster_start test "$port"
 export TALLY_TEST_DATABASE_URL
 TALLY_TEST_DATABASE_URL=$(cluster_url "$port")
 suite integration cargo test --locked -p tally-tests
+# Again on databases that installed each released version and upgraded it.
+for script in sql/released/tally--*.sql; do
+    version=${script#sql/released/tally--}
+    version=${version%.sql}
+    suite "integration-upgraded-from-$version" env TALLY_TEST_UPGRADE_FROM="$version" \
+        cargo test --locked -p tally-tests
+done
 
 exit $failed

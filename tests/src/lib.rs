@@ -1,6 +1,10 @@
 //! Helpers for tally's integration tests: each test gets a fresh database
 //! with the extension installed, in the cluster that `scripts/test.sh`
 //! starts (`TALLY_TEST_DATABASE_URL` names its maintenance database).
+//!
+//! With `TALLY_TEST_UPGRADE_FROM=<version>`, every database installs that
+//! released version and upgrades it with `ALTER EXTENSION tally UPDATE`, so
+//! the whole suite runs again against an upgraded schema.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -47,8 +51,14 @@ impl TestDb {
     /// A fresh database with `CREATE EXTENSION tally` and the fixture.
     pub fn create() -> TestDb {
         let db = TestDb::create_empty();
+        let install = match std::env::var("TALLY_TEST_UPGRADE_FROM") {
+            Ok(version) => {
+                format!("CREATE EXTENSION tally VERSION '{version}'; ALTER EXTENSION tally UPDATE;")
+            }
+            Err(_) => "CREATE EXTENSION tally;".to_string(),
+        };
         db.connect()
-            .batch_execute(&format!("CREATE EXTENSION tally; {FIXTURE}"))
+            .batch_execute(&format!("{install} {FIXTURE}"))
             .expect("extension and fixture");
         db
     }

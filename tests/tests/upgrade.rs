@@ -1,0 +1,168 @@
+//! Upgrades: every released version, upgraded with `ALTER EXTENSION tally
+//! UPDATE`, ends with exactly the schema of a fresh install and keeps its
+//! data. (scripts/test.sh also runs the whole suite on upgraded databases.)
+
+use tally_tests::*;
+
+/// Every object of the extension, one line each, sorted: columns in order
+/// with types, defaults and nullability, constraints, indexes, full function
+/// definitions, triggers, comments and extension membership.
+const DESCRIBE_SCHEMA: &str = "
+    SELECT string_agg(line, E'\\n' ORDER BY line) FROM (
+        SELECT format('relation %s %s %s', c.relname, c.relkind, c.reloptions) AS line
+          FROM pg_class c WHERE c.relnamespace = 'tally'::regnamespace
+        UNION ALL
+        SELECT format('column %s %s %s %s %s %s', c.relname, a.attnum, a.attname,
+                      format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
+          FROM pg_attribute a
+          JOIN pg_class c ON c.oid = a.attrelid
+          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE c.relnamespace = 'tally'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT format('constraint %s %s %s', conrelid::regclass, conname, pg_get_constraintdef(oid))
+          FROM pg_constraint WHERE connamespace = 'tally'::regnamespace
+        UNION ALL
+        SELECT format('index %s', pg_get_indexdef(i.indexrelid))
+          FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         WHERE c.relnamespace = 'tally'::regnamespace
+        UNION ALL
+        SELECT format('function %s', pg_get_functiondef(p.oid))
+          FROM pg_proc p WHERE p.pronamespace = 'tally'::regnamespace
+        UNION ALL
+        SELECT format('trigger %s', pg_get_triggerdef(t.oid))
+          FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+         WHERE c.relnamespace = 'tally'::regnamespace AND NOT t.tgisinternal
+        UNION ALL
+        SELECT format('comment %s %s', pg_describe_object(classoid, objoid, objsubid), description)
+          FROM pg_description WHERE objoid IN (
+              SELECT oid FROM pg_class WHERE relnamespace = 'tally'::regnamespace
+              UNION ALL SELECT oid FROM pg_proc WHERE pronamespace = 'tally'::regnamespace)
+        UNION ALL
+        SELECT format('member %s', pg_describe_object(classid, objid, objsubid))
+          FROM pg_depend
+         WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+           AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'tally')
+    ) AS lines";
+
+fn released_versions() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/released");
+    let mut versions: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            Some(
+                name.strip_prefix("tally--")?
+                    .strip_suffix(".sql")?
+                    .to_string(),
+            )
+        })
+        .collect();
+    versions.sort();
+    assert!(
+        !versions.is_empty(),
+        "no released versions in {}",
+        dir.display()
+    );
+    versions
+}
+
+fn describe(client: &mut Client) -> String {
+    client.query_one(DESCRIBE_SCHEMA, &[]).unwrap().get(0)
+}
+
+#[test]
+fn every_released_version_upgrades_to_the_fresh_schema() {
+    let fresh = TestDb::create_empty();
+    let mut client = fresh.connect();
+    client.batch_execute("CREATE EXTENSION tally").unwrap();
+    let expected = describe(&mut client);
+    assert!(
+        expected.contains("function CREATE OR REPLACE FUNCTION tally.check_and_increment_usage")
+    );
+
+    for version in released_versions() {
+        let upgraded = TestDb::create_empty();
+        let mut client = upgraded.connect();
+        client
+            .batch_execute(&format!(
+                "CREATE EXTENSION tally VERSION '{version}'; ALTER EXTENSION tally UPDATE;"
+            ))
+            .unwrap();
+        let actual = describe(&mut client);
+        let (expected_lines, actual_lines): (Vec<_>, Vec<_>) =
+            (expected.lines().collect(), actual.lines().collect());
+        let missing: Vec<_> = expected_lines
+            .iter()
+            .filter(|l| !actual_lines.contains(l))
+            .collect();
+        let extra: Vec<_> = actual_lines
+            .iter()
+            .filter(|l| !expected_lines.contains(l))
+            .collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "upgrading from {version} differs from a fresh install\nmissing: {missing:#?}\nextra: {extra:#?}"
+        );
+    }
+}
+
+#[test]
+fn data_written_by_0_1_0_is_kept_and_used_after_the_upgrade() {
+    let db = TestDb::create_empty();
+    let mut client = db.connect();
+    // 0.1.0's own schema, filled with plain SQL: the new library cannot run
+    // 0.1.0's functions (see the next test).
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION tally VERSION '0.1.0'; {FIXTURE}
+             UPDATE tally.metrics SET stripe_meter_event = 'tally_messages' WHERE metric = 'messages';
+             INSERT INTO tally.tenants (tenant_id) VALUES ('acme');
+             INSERT INTO tally.usage_counters (tenant_id, metric, used, period_start, max_units, calendar_period, limits_valid)
+             VALUES ('acme', 'messages', 40, date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', 100, true, true),
+                    ('acme', 'chatbots', 5, NULL, 5, false, true);
+             INSERT INTO tally.idempotency_keys (tenant_id, idempotency_key, metric, units, allowed, used, max_units, remaining)
+             VALUES ('acme', 'req-1', 'messages', 40, true, 40, 100, 60);
+             ALTER EXTENSION tally UPDATE;"
+        ))
+        .unwrap();
+    assert_eq!(
+        check(&mut client, "acme", "messages", 1, Some("req-1")).used,
+        40
+    );
+    assert_eq!(
+        check(&mut client, "acme", "chatbots", 1, None)
+            .reason
+            .as_deref(),
+        Some("limit_exceeded")
+    );
+    let next = check(&mut client, "acme", "messages", 10, None);
+    assert_eq!((next.allowed, next.used), (true, 50));
+    // The copy refreshed on the upgrade now carries the meter event.
+    let reports: i64 = client
+        .query_one("SELECT sum(units)::bigint FROM tally.usage_reports", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(reports, 10);
+}
+
+#[test]
+fn the_library_asks_for_an_update_of_an_older_schema() {
+    let db = TestDb::create_empty();
+    let mut client = db.connect();
+    client
+        .batch_execute(&format!("CREATE EXTENSION tally VERSION '0.1.0'; {FIXTURE} INSERT INTO tally.tenants VALUES ('acme')"))
+        .unwrap();
+    let error = client
+        .query_one(
+            "SELECT * FROM tally.check_and_increment_usage('acme', 'messages')",
+            &[],
+        )
+        .unwrap_err();
+    let error = error.as_db_error().expect("a database error");
+    assert_eq!(error.code().code(), "55000");
+    assert_eq!(error.message(), "tally needs an update");
+    assert!(error
+        .hint()
+        .unwrap()
+        .contains("ALTER EXTENSION tally UPDATE"));
+}
