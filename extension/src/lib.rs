@@ -1,8 +1,8 @@
 //! tally: usage metering and quota enforcement that cannot be raced.
 //!
 //! The schema (`sql/schema/*.sql`) holds the configuration, the counters,
-//! provider events and the usage-report queue; the functions here enforce
-//! the rules of [`rules`] under row locks.
+//! provider events, the usage-report queue and tallyd's API keys; the
+//! functions here enforce the rules of [`rules`] under row locks.
 
 use pgrx::prelude::*;
 
@@ -29,6 +29,11 @@ extension_sql_file!(
     "../../sql/schema/billing.sql",
     name = "billing",
     requires = ["usage"]
+);
+extension_sql_file!(
+    "../../sql/schema/daemon.sql",
+    name = "daemon",
+    requires = ["billing"]
 );
 
 #[pg_guard]
