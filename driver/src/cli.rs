@@ -1,9 +1,17 @@
-//! The command line: `tallyd <command>`, configured by flags or environment.
+//! The command line: `tallyd <command>`, configured by flags or environment
+//! variables. Operator commands print readable tables; `serve` logs.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
 
-use crate::db::{self, Migration};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{self, admin, Migration};
+use crate::signature::Secrets;
+use crate::telemetry::{self, LogFormat};
+use crate::{api_keys, plans_file, Config};
 
 #[derive(Debug, Parser)]
 #[command(name = "tallyd", version, about = "tally's daemon and operator tool")]
@@ -21,6 +29,111 @@ pub enum Command {
     /// Create the tally extension in the database, or upgrade it to the
     /// version this tallyd was built for.
     Migrate,
+    /// Serve provider webhooks, the tenant API, health checks and metrics.
+    Serve(ServeArgs),
+    /// Metrics, plans and limits.
+    #[command(subcommand)]
+    Plans(PlansCommand),
+    /// Tenants.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+    /// A tenant's usage, as a table.
+    Usage { tenant_id: String },
+    /// Tenant API keys.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+    /// Forget old provider events, idempotency keys and completed usage reports.
+    Cleanup {
+        /// Age past which to forget them: 30d, 12h, 90m, …
+        #[arg(long, default_value = "30d", value_parser = parse_age)]
+        older_than: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Stripe webhook signing secrets, comma-separated (several while rotating).
+    #[arg(
+        long,
+        env = "STRIPE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub stripe_webhook_secret: String,
+    /// Paddle webhook signing secrets, comma-separated.
+    #[arg(
+        long,
+        env = "PADDLE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub paddle_webhook_secret: String,
+    /// Log format.
+    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Database connections at most.
+    #[arg(long, env = "TALLY_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "TALLY_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlansCommand {
+    /// Apply a plans file (TOML): the same file applied twice changes nothing.
+    Apply { file: std::path::PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant, on the default plan unless --plan names one.
+    Create {
+        tenant_id: String,
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// A tenant's plan, status, period, provider links, API keys and usage.
+    Show { tenant_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Make an API key for a tenant; it is shown once.
+    Create {
+        tenant_id: String,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Revoke an API key by its id (the part after `tly_`).
+    Revoke { key_id: String },
+}
+
+/// `30d` → `30 days`: an age as a Postgres interval.
+pub fn parse_age(age: &str) -> Result<String, String> {
+    let (number, unit) = age.trim().split_at(
+        age.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(age.len()),
+    );
+    let unit = match unit {
+        "d" => "days",
+        "h" => "hours",
+        "m" => "minutes",
+        "s" => "seconds",
+        _ => {
+            return Err(format!(
+                "{age:?} is not an age: use a number and d, h, m or s, as in 30d"
+            ))
+        }
+    };
+    let number: u32 = number
+        .parse()
+        .map_err(|_| format!("{age:?} is not an age: use a number and a unit, as in 30d"))?;
+    Ok(format!("{number} {unit}"))
 }
 
 fn database_url(cli: &Cli) -> Result<&str> {
@@ -29,10 +142,129 @@ fn database_url(cli: &Cli) -> Result<&str> {
     })
 }
 
+/// Left-aligned columns under a header.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        padded.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn or_dash(value: Option<impl ToString>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+async fn print_usage(url: &str, tenant_id: &str) -> Result<()> {
+    let pool = db::pool(url, 1)?;
+    let mut client = pool.get().await.context("connecting to the database")?;
+    let usage = db::tenant_api::usage(&mut client, tenant_id)
+        .await
+        .map_err(|error| match db::sqlstate(&error) {
+            Some("P0002") => anyhow::anyhow!("tenant {tenant_id:?} not found"),
+            _ => error.into(),
+        })?;
+    let rows: Vec<Vec<String>> = usage
+        .metrics
+        .iter()
+        .map(|m| {
+            let period = match (m.period_start, m.period_end) {
+                (Some(start), Some(end)) => format!(
+                    "{} to {}",
+                    start.format("%Y-%m-%d %H:%M"),
+                    end.format("%Y-%m-%d %H:%M")
+                ),
+                _ => "-".into(),
+            };
+            vec![
+                m.metric.clone(),
+                m.kind.clone(),
+                m.used.to_string(),
+                m.max_units
+                    .map_or_else(|| "unlimited".into(), |max| max.to_string()),
+                or_dash(m.remaining),
+                period,
+            ]
+        })
+        .collect();
+    println!(
+        "{} on plan {} ({})",
+        usage.tenant_id, usage.plan_id, usage.status
+    );
+    print!(
+        "{}",
+        table(
+            &[
+                "metric",
+                "kind",
+                "used",
+                "limit",
+                "remaining",
+                "period (UTC)"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+async fn serve(url: &str, args: ServeArgs) -> Result<()> {
+    telemetry::init(args.log_format);
+    let config = Config {
+        database_url: url.to_string(),
+        pool_size: args.pool_size,
+        stripe_webhook_secrets: Secrets::parse(&args.stripe_webhook_secret),
+        paddle_webhook_secrets: Secrets::parse(&args.paddle_webhook_secret),
+        max_body_bytes: args.max_body_bytes,
+    };
+    if config.stripe_webhook_secrets.is_empty() && config.paddle_webhook_secrets.is_empty() {
+        tracing::warn!("no webhook secret is configured: provider webhooks are refused");
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    crate::run(config, listener, shutdown).await
+}
+
+/// Cancel on SIGTERM or ctrl-c: the server finishes what is in flight.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    shutdown.cancel();
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
+    let url = database_url(&cli)?.to_string();
     match cli.command {
         Command::Migrate => {
-            let mut client = db::connect(database_url(&cli)?).await?;
+            let mut client = db::connect(&url).await?;
             match db::migrate(&mut client, crate::EXTENSION_VERSION).await? {
                 Migration::Created { version } => println!("tally {version}: extension created"),
                 Migration::Upgraded { from, to } => {
@@ -43,12 +275,124 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Serve(args) => serve(&url, args).await?,
+        Command::Plans(PlansCommand::Apply { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let plans = plans_file::parse(&text)
+                .map_err(|error| anyhow::anyhow!("{}, {error}", file.display()))?;
+            let mut client = db::connect(&url).await?;
+            let changes =
+                admin::apply_plans(&mut client, &plans)
+                    .await
+                    .map_err(
+                        |error| match error.downcast_ref::<plans_file::PlanFileError>() {
+                            Some(file_error) => anyhow::anyhow!("{}, {file_error}", file.display()),
+                            None => error.context(format!("applying {}", file.display())),
+                        },
+                    )?;
+            if changes.is_empty() {
+                println!("{}: no changes", file.display());
+            } else {
+                let rows: Vec<Vec<String>> = changes
+                    .iter()
+                    .map(|c| vec![c.what.clone(), c.change.to_string()])
+                    .collect();
+                print!("{}", table(&["object", "change"], &rows));
+            }
+            if !admin::has_default_plan(&client).await? {
+                println!("note: no plan is the default; tenants need an explicit plan");
+            }
+        }
+        Command::Tenants(TenantsCommand::Create { tenant_id, plan }) => {
+            let client = db::connect(&url).await?;
+            let plan = admin::create_tenant(&client, &tenant_id, plan.as_deref())
+                .await
+                .map_err(|error| {
+                    let message = error
+                        .downcast_ref::<tokio_postgres::Error>()
+                        .and_then(|e| e.as_db_error())
+                        .map(|e| match e.code().code() {
+                            "23505" => format!("tenant {tenant_id:?} already exists"),
+                            "23503" => "no such plan".to_string(),
+                            _ => e.message().to_string(),
+                        });
+                    match message {
+                        Some(message) => anyhow::anyhow!(message),
+                        None => error,
+                    }
+                })?;
+            println!("tenant {tenant_id} created on plan {plan}");
+        }
+        Command::Tenants(TenantsCommand::Show { tenant_id }) => {
+            let client = db::connect(&url).await?;
+            let tenant = admin::tenant(&client, &tenant_id).await?;
+            println!("tenant   {}", tenant.tenant_id);
+            println!("plan     {}", tenant.plan_id);
+            println!("status   {}", tenant.status);
+            println!("period   {}", tenant.period);
+            println!("stripe   {}", or_dash(tenant.stripe_customer_id));
+            println!("paddle   {}", or_dash(tenant.paddle_customer_id));
+            let keys: Vec<Vec<String>> = tenant
+                .api_keys
+                .iter()
+                .map(|(id, label, state)| vec![id.clone(), or_dash(label.as_ref()), state.clone()])
+                .collect();
+            if keys.is_empty() {
+                println!("api keys none");
+            } else {
+                print!("\n{}", table(&["api key id", "label", "state"], &keys));
+            }
+            println!();
+            print_usage(&url, &tenant_id).await?;
+        }
+        Command::Usage { tenant_id } => print_usage(&url, &tenant_id).await?,
+        Command::ApiKey(ApiKeyCommand::Create { tenant_id, label }) => {
+            let client = db::connect(&url).await?;
+            let key = api_keys::generate();
+            admin::add_api_key(&client, &tenant_id, &key, label.as_deref()).await?;
+            println!(
+                "API key {} for tenant {tenant_id} (shown once; only its hash is stored):",
+                key.key_id
+            );
+            println!("{}", key.key);
+        }
+        Command::ApiKey(ApiKeyCommand::Revoke { key_id }) => {
+            let client = db::connect(&url).await?;
+            if admin::revoke_api_key(&client, &key_id).await? {
+                println!("API key {key_id} revoked");
+            } else {
+                println!("API key {key_id} was already revoked");
+            }
+        }
+        Command::Cleanup { older_than } => {
+            let mut client = db::connect(&url).await?;
+            let cleaned = admin::cleanup(&mut client, &older_than).await?;
+            let rows = vec![
+                vec![
+                    "provider events".to_string(),
+                    cleaned.provider_events.to_string(),
+                ],
+                vec![
+                    "idempotency keys".to_string(),
+                    cleaned.idempotency_keys.to_string(),
+                ],
+                vec![
+                    "completed usage reports".to_string(),
+                    cleaned.usage_reports.to_string(),
+                ],
+            ];
+            println!("older than {older_than}:");
+            print!("{}", table(&["forgotten", "rows"], &rows));
+        }
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_expected_extension_version_is_the_extension_crates() {
         let manifest = include_str!("../../extension/Cargo.toml");
@@ -58,5 +402,50 @@ mod tests {
             .and_then(|rest| rest.strip_suffix('"'))
             .expect("extension version");
         assert_eq!(version, crate::EXTENSION_VERSION);
+    }
+
+    #[test]
+    fn ages_become_intervals() {
+        assert_eq!(parse_age("30d").as_deref(), Ok("30 days"));
+        assert_eq!(parse_age("12h").as_deref(), Ok("12 hours"));
+        assert_eq!(parse_age("0m").as_deref(), Ok("0 minutes"));
+        assert!(parse_age("30").is_err());
+        assert!(parse_age("d").is_err());
+        assert!(parse_age("-5d").is_err());
+        assert!(parse_age("5 weeks").is_err());
+    }
+
+    #[test]
+    fn tables_align_their_columns() {
+        let rows = vec![
+            vec!["messages".into(), "95".into()],
+            vec!["chatbots".into(), "1".into()],
+        ];
+        assert_eq!(
+            table(&["metric", "used"], &rows),
+            "metric    used\nmessages  95\nchatbots  1\n"
+        );
+    }
+
+    #[test]
+    fn serve_takes_its_secrets_from_the_environment_without_showing_them() {
+        let help = Cli::try_parse_from(["tallyd", "serve", "--help"])
+            .unwrap_err()
+            .to_string();
+        assert!(help.contains("STRIPE_WEBHOOK_SECRET"));
+        let cli = Cli::try_parse_from([
+            "tallyd",
+            "serve",
+            "--stripe-webhook-secret",
+            "whsec_a,whsec_b",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(
+            format!("{:?}", Secrets::parse(&args.stripe_webhook_secret)),
+            "Secrets([redacted; 2])"
+        );
     }
 }

@@ -1,7 +1,49 @@
-//! The one place that talks SQL to the extension.
+//! The one place that talks SQL to the extension: tenant API calls
+//! (`tenant_api`), provider events (`events`), operator commands (`admin`),
+//! and connections and migrations here.
+
+pub mod admin;
+pub mod events;
+pub mod tenant_api;
 
 use anyhow::{bail, Context, Result};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{Client, NoTls};
+
+/// A connection pool for the server. Connections are made lazily; a bad URL
+/// is reported at once.
+pub fn pool(url: &str, size: usize) -> Result<Pool> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .context("DATABASE_URL is not a valid Postgres URL")?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .context("building the database pool")
+}
+
+/// The SQLSTATE of a database error, if it is one.
+pub fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
+    error.as_db_error().map(|error| error.code().code())
+}
+
+/// The installed extension's version, if it is installed.
+pub async fn extension_version(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'tally'",
+            &[],
+        )
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
 
 /// Connect to `url`, driving the connection on a background task. Errors
 /// name the server but never the password.

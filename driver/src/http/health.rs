@@ -1,0 +1,53 @@
+//! `/healthz` (the process answers), `/readyz` (the database answers and has
+//! the extension at the version this tallyd needs) and `/metrics`.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::AppState;
+use crate::{db, EXTENSION_VERSION};
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let not_ready = |reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason})),
+        )
+            .into_response()
+    };
+    let client = match state.pool.get().await {
+        Ok(client) => client,
+        Err(error) => return not_ready(format!("database unreachable: {error}")),
+    };
+    match db::extension_version(&client).await {
+        Ok(Some(version)) if version == EXTENSION_VERSION => {
+            Json(json!({"ready": true, "extension": version})).into_response()
+        }
+        Ok(Some(version)) => not_ready(format!(
+            "the database has tally {version}, this tallyd needs {EXTENSION_VERSION}: run tallyd migrate"
+        )),
+        Ok(None) => not_ready("the tally extension is not installed: run tallyd migrate".into()),
+        Err(error) => not_ready(format!("database error: {error}")),
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let status = state.pool.status();
+    state.metrics.pool_size.set(status.size as i64);
+    state.metrics.pool_available.set(status.available as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

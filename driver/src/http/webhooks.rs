@@ -1,0 +1,113 @@
+//! `POST /webhooks/stripe` and `POST /webhooks/paddle`: verify the signature
+//! on the raw body, then parse, then lock the event and apply its effect in
+//! one transaction. Duplicates are answered 2xx and change nothing.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState, RawBody};
+use crate::db::events::{self as db, Outcome};
+use crate::events::{self, Provider};
+use crate::signature;
+
+pub async fn stripe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    receive(&state, Provider::Stripe, &headers, &body).await
+}
+
+pub async fn paddle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    receive(&state, Provider::Paddle, &headers, &body).await
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+async fn receive(
+    state: &AppState,
+    provider: Provider,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Json<Value>, ApiError> {
+    let name = provider.as_str();
+    let rejected = |code: &'static str, message: String| {
+        state.metrics.webhook(name, "unknown", "rejected");
+        tracing::warn!(provider = name, reason = %message, "webhook rejected");
+        ApiError::bad_request(code, message)
+    };
+    let (secrets, header_name, verify): (_, _, fn(_, _, _, _) -> _) = match provider {
+        Provider::Stripe => (
+            &state.stripe_secrets,
+            "stripe-signature",
+            signature::verify_stripe,
+        ),
+        Provider::Paddle => (
+            &state.paddle_secrets,
+            "paddle-signature",
+            signature::verify_paddle,
+        ),
+    };
+    if secrets.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "webhook_not_configured",
+            format!("no {name} webhook secret is configured on this server"),
+        ));
+    }
+    let header = headers
+        .get(header_name)
+        .map(|value| value.to_str().unwrap_or(""));
+    verify(header, body, secrets, now())
+        .map_err(|error| rejected("invalid_signature", error.to_string()))?;
+
+    let payload =
+        events::json(body).map_err(|error| rejected("malformed_event", error.to_string()))?;
+    let event = match provider {
+        Provider::Stripe => events::stripe_event(&payload),
+        Provider::Paddle => events::paddle_event(&payload),
+    }
+    .map_err(|error| rejected("malformed_event", error.to_string()))?;
+
+    let mut client = state.client().await?;
+    let outcome = db::apply(&mut client, &event, &payload)
+        .await
+        .map_err(|error| {
+            ApiError::from_db(
+                &format!("applying {name} event {} ({})", event.id, event.kind),
+                error,
+            )
+        })?;
+    let (label, answer) = match &outcome {
+        Outcome::Processed { .. } => ("processed", json!({"status": "processed"})),
+        Outcome::Duplicate => ("duplicate", json!({"status": "duplicate"})),
+        Outcome::Ignored { why } => ("ignored", json!({"status": "ignored", "reason": why})),
+        Outcome::Deferred { why } => ("deferred", json!({"reason": why})),
+    };
+    state
+        .metrics
+        .webhook(name, events::type_label(&event.kind), label);
+    let tenant = match &outcome {
+        Outcome::Processed { tenant_id } => tenant_id.as_str(),
+        _ => "",
+    };
+    tracing::info!(provider = name, event_id = %event.id, event_type = %event.kind, outcome = label, tenant_id = tenant, "webhook");
+    if let Outcome::Deferred { why } = outcome {
+        // Not recorded: the provider retries, and the retry is processed
+        // once the customer is linked.
+        return Err(ApiError::unavailable("not_ready", why, 60));
+    }
+    Ok(Json(answer))
+}
