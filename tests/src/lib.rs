@@ -6,6 +6,8 @@
 //! released version and upgrades it with `ALTER EXTENSION tally UPDATE`, so
 //! the whole suite runs again against an upgraded schema.
 
+pub mod server;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -50,7 +52,11 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 impl TestDb {
     /// A fresh database with `CREATE EXTENSION tally` and the fixture.
     pub fn create() -> TestDb {
-        let db = TestDb::create_empty();
+        off_runtime(TestDb::create_in_thread)
+    }
+
+    fn create_in_thread() -> TestDb {
+        let db = TestDb::create_empty_in_thread();
         let install = match std::env::var("TALLY_TEST_UPGRADE_FROM") {
             Ok(version) => {
                 format!("CREATE EXTENSION tally VERSION '{version}'; ALTER EXTENSION tally UPDATE;")
@@ -65,6 +71,10 @@ impl TestDb {
 
     /// A fresh database without the extension.
     pub fn create_empty() -> TestDb {
+        off_runtime(TestDb::create_empty_in_thread)
+    }
+
+    fn create_empty_in_thread() -> TestDb {
         let admin = admin_url();
         let name = format!(
             "tally_test_{}_{}",
@@ -89,17 +99,34 @@ impl TestDb {
     pub fn connect(&self) -> Client {
         Client::connect(&self.url, NoTls).expect("connect to the test database")
     }
+
+    /// A connection for async tests (the blocking client cannot run inside
+    /// an async runtime).
+    pub async fn connect_async(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(connection);
+        client
+    }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Ok(mut client) = Client::connect(&admin_url(), NoTls) {
-            let _ = client.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
+        let name = self.name.clone();
+        off_runtime(move || {
+            if let Ok(mut client) = Client::connect(&admin_url(), NoTls) {
+                let _ =
+                    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        });
     }
+}
+
+/// Run blocking database work on a thread of its own, so that it works from
+/// async tests too (the blocking client refuses to run inside a runtime).
+fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|scope| scope.spawn(work).join().expect("database setup panicked"))
 }
 
 /// The result of one `check_and_increment_usage` call.
