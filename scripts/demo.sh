@@ -25,10 +25,71 @@ DATABASE_URL=$(cluster_url "$port" $database)
 
 pg "$port" -d $database -f "$TALLY_ROOT/scripts/demo.sql"
 
+# The daemon: a plans file, a tenant with an API key, the tenant API over
+# HTTP, and signed Stripe webhooks.
+api_port=${TALLY_DEMO_API_PORT:-8089}
+api=http://127.0.0.1:$api_port
+export STRIPE_WEBHOOK_SECRET
+STRIPE_WEBHOOK_SECRET=whsec_demo_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+show() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+api_call() { # METHOD PATH [BODY]
+    local body=()
+    if [ -n "${3:-}" ]; then body=(-d "$3"); fi
+    show "curl -X $1 $api$2 ${3:+-d '$3'}"
+    curl -sS -X "$1" -H "Authorization: Bearer $key" -H 'content-type: application/json' "${body[@]}" "$api$2"
+    echo
+}
+webhook() { # EVENT-JSON
+    local signature
+    signature=$(printf '%s' "$1" | python3 "$TALLY_ROOT/scripts/sign-stripe-webhook.py")
+    show "POST /webhooks/stripe $(python3 -c 'import json,sys; e=json.loads(sys.argv[1]); print(e["type"], e["id"])' "$1")"
+    curl -sS -X POST -H "Stripe-Signature: $signature" -H 'content-type: application/json' -d "$1" "$api/webhooks/stripe"
+    echo
+}
+
+say "tallyd: apply a plans file, create a tenant and an API key"
+show "tallyd plans apply scripts/demo-plans.toml"
+"$tallyd" plans apply "$TALLY_ROOT/scripts/demo-plans.toml"
+show "tallyd tenants create globex"
+"$tallyd" tenants create globex
+show "tallyd api-key create globex --label demo"
+key=$("$tallyd" api-key create globex --label demo | tail -n 1)
+echo "tly_…  (shown once)"
+
+say "tallyd serve on $api"
+"$tallyd" serve --listen "127.0.0.1:$api_port" 2>"$TALLY_RUN_DIR/demo/tallyd.log" &
+tallyd_pid=$!
+trap 'kill $tallyd_pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    curl -sf "$api/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+show "curl $api/readyz"
+curl -sS "$api/readyz"; echo
+
+api_call POST /v1/usage/messages/check '{"units": 60}'
+api_call POST /v1/usage/messages/check '{"units": 50}'
+api_call POST /v1/usage/chatbots/check
+api_call POST /v1/usage/chatbots/check
+api_call GET /v1/usage
+
+say "signed Stripe webhooks: checkout links the customer, a paid invoice resets usage"
+webhook '{"id": "evt_demo_checkout", "type": "checkout.session.completed", "created": '"$(date +%s)"', "data": {"object": {"client_reference_id": "globex", "customer": "cus_demo"}}}'
+paid='{"id": "evt_demo_paid", "type": "invoice.paid", "created": '"$(date +%s)"', "data": {"object": {"customer": "cus_demo"}}}'
+webhook "$paid"
+webhook "$paid"
+show "tallyd usage globex"
+"$tallyd" usage globex
+
+kill -TERM $tallyd_pid
+wait $tallyd_pid || true
+trap - EXIT
+
 cat <<MSG
 
-The demo cluster keeps running. Try it yourself:
+The demo cluster keeps running (tallyd's log: $TALLY_RUN_DIR/demo/tallyd.log). Try it yourself:
   psql $DATABASE_URL
+  DATABASE_URL=$DATABASE_URL $tallyd serve --listen 127.0.0.1:$api_port
 Stop it with:
   runuser -u postgres -- $PG_BIN/pg_ctl -D $TALLY_RUN_DIR/demo/data stop
 MSG

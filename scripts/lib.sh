@@ -34,7 +34,7 @@ as_pg_user() {
 
 setup_packages() {
     local wanted=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libclang-dev
-                  build-essential sudo curl ca-certificates python3)
+                  build-essential sudo curl ca-certificates python3 python3-venv)
     local missing=()
     for package in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
@@ -56,6 +56,18 @@ setup_pgrx() {
     if ! grep -qs "pg$PG_MAJOR = \"$PG_CONFIG\"" "$config"; then
         say "pointing pgrx at Debian's Postgres $PG_MAJOR"
         cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG" >/dev/null
+    fi
+}
+
+# A Python with the official stripe package, for the test that checks
+# tallyd against signatures made by Stripe's own library.
+TALLY_VENV=${TALLY_VENV:-$HOME/.cache/tally/venv}
+STRIPE_PYTHON_VERSION=16.1.0
+setup_python() {
+    if ! "$TALLY_VENV/bin/python" -c "import stripe, sys; sys.exit(stripe.VERSION != '$STRIPE_PYTHON_VERSION')" 2>/dev/null; then
+        say "installing the stripe Python package $STRIPE_PYTHON_VERSION (for a signature test)"
+        python3 -m venv "$TALLY_VENV"
+        "$TALLY_VENV/bin/pip" install --quiet --disable-pip-version-check "stripe==$STRIPE_PYTHON_VERSION"
     fi
 }
 

@@ -44,6 +44,7 @@ print_summary() {
 trap print_summary EXIT
 
 setup
+setup_python
 cd "$TALLY_ROOT"
 
 suite fmt cargo fmt --all --check
@@ -55,10 +56,15 @@ pgrx_data=$TALLY_RUN_DIR/pgrx-test
 mkdir -p "$pgrx_data" && chown postgres: "$pgrx_data" && chmod 1777 "$TALLY_RUN_DIR"
 suite extension bash -c "cd extension && cargo pgrx test pg$PG_MAJOR --runas postgres --pgdata '$pgrx_data'"
 
-# Integration tests against a cluster of our own with the extension installed.
+suite driver cargo test --locked -p tallyd
+
+# Integration tests against a cluster of our own with the extension
+# installed, and the tallyd binary built for the tests that run it.
 install_extension debug
 cluster_start test "$port"
-export TALLY_TEST_DATABASE_URL
+say "building tallyd"
+cargo build --locked -p tallyd
+export TALLY_TEST_DATABASE_URL TALLY_TEST_PYTHON=$TALLY_VENV/bin/python
 TALLY_TEST_DATABASE_URL=$(cluster_url "$port")
 suite integration cargo test --locked -p tally-tests
 # Again on databases that installed each released version and upgraded it.
