@@ -35,6 +35,11 @@ extension_sql_file!(
     name = "daemon",
     requires = ["billing"]
 );
+extension_sql_file!(
+    "../../sql/schema/worker.sql",
+    name = "worker",
+    requires = ["daemon"]
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

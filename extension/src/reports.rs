@@ -161,14 +161,39 @@ fn complete_usage_report(id: Option<i64>) {
 
 /// Sending the report failed with `error`. A transient failure puts it back
 /// in the queue after a backoff (`tally.report_backoff_base`, doubling up to
-/// `tally.report_backoff_max`, plus up to 25% jitter); a `permanent` one, or
-/// the failure of the last allowed attempt (`tally.report_max_attempts`),
-/// marks it `failed`. A completed or failed report is left as it is.
-#[pg_extern]
+/// `tally.report_backoff_max`, plus up to 25% jitter), or after
+/// `retry_after` (a provider's `Retry-After`) when that is longer; a
+/// `permanent` one, or the failure of the last allowed attempt
+/// (`tally.report_max_attempts`), marks it `failed`. A completed or failed
+/// report is left as it is.
+#[pg_extern(name = "fail_usage_report")]
+fn fail_report(
+    id: Option<i64>,
+    error: Option<&str>,
+    permanent: default!(Option<bool>, false),
+    retry_after: default!(Option<Interval>, NULL),
+) {
+    let retry_after_ms =
+        retry_after.map(|after| args::positive_interval("retry_after", after).or_raise() / 1_000);
+    record_failure(id, error, permanent, retry_after_ms);
+}
+
+/// `fail_usage_report` as versions before 0.4.0 declare it, without
+/// `retry_after`: kept so that their install scripts load with this library.
+#[pg_extern(sql = false)]
 fn fail_usage_report(
     id: Option<i64>,
     error: Option<&str>,
     permanent: default!(Option<bool>, false),
+) {
+    record_failure(id, error, permanent, None);
+}
+
+fn record_failure(
+    id: Option<i64>,
+    error: Option<&str>,
+    permanent: Option<bool>,
+    retry_after_ms: Option<i64>,
 ) {
     let id = id.ok_or_else(|| errors::null_argument("id")).or_raise();
     let error = error
@@ -191,7 +216,14 @@ fn fail_usage_report(
             max_ms: i64::from(gucs::REPORT_BACKOFF_MAX_MS.get()),
         };
         let max_attempts = gucs::REPORT_MAX_ATTEMPTS.get();
-        match rules::after_failure(attempts, max_attempts, permanent, backoff, jitter()) {
+        match rules::after_failure(
+            attempts,
+            max_attempts,
+            permanent,
+            retry_after_ms,
+            backoff,
+            jitter(),
+        ) {
             AfterFailure::Retry { delay_ms } => {
                 let args = [
                     id.into(),

@@ -33,20 +33,23 @@ pub enum AfterFailure {
 }
 
 /// A permanent failure, or the failure of the last allowed attempt, ends a
-/// report; anything else is retried after the backoff.
+/// report; anything else is retried after the backoff, or after the
+/// provider's `Retry-After` when that is longer.
 pub fn after_failure(
     attempts: i32,
     max_attempts: i32,
     permanent: bool,
+    retry_after_ms: Option<i64>,
     backoff: Backoff,
     jitter: f64,
 ) -> AfterFailure {
     if permanent || attempts >= max_attempts {
         AfterFailure::Fail
     } else {
-        AfterFailure::Retry {
-            delay_ms: backoff.delay_ms(attempts.max(1), jitter),
-        }
+        let delay_ms = backoff
+            .delay_ms(attempts.max(1), jitter)
+            .max(retry_after_ms.unwrap_or(0));
+        AfterFailure::Retry { delay_ms }
     }
 }
 
@@ -89,24 +92,39 @@ mod tests {
     #[test]
     fn a_report_ends_on_a_permanent_failure_or_its_last_attempt() {
         assert_eq!(
-            after_failure(1, 10, false, BACKOFF, 0.0),
+            after_failure(1, 10, false, None, BACKOFF, 0.0),
             AfterFailure::Retry { delay_ms: 10_000 }
         );
         assert_eq!(
-            after_failure(9, 10, false, BACKOFF, 0.0),
+            after_failure(9, 10, false, None, BACKOFF, 0.0),
             AfterFailure::Retry {
                 delay_ms: 2_560_000
             }
         );
         assert_eq!(
-            after_failure(10, 10, false, BACKOFF, 0.0),
+            after_failure(10, 10, false, None, BACKOFF, 0.0),
             AfterFailure::Fail
         );
-        assert_eq!(after_failure(1, 10, true, BACKOFF, 0.0), AfterFailure::Fail);
+        assert_eq!(
+            after_failure(1, 10, true, None, BACKOFF, 0.0),
+            AfterFailure::Fail
+        );
         // Failed before it was ever claimed: treated as the first attempt.
         assert_eq!(
-            after_failure(0, 10, false, BACKOFF, 0.0),
+            after_failure(0, 10, false, None, BACKOFF, 0.0),
             AfterFailure::Retry { delay_ms: 10_000 }
+        );
+    }
+
+    #[test]
+    fn a_longer_retry_after_wins_over_the_backoff() {
+        let retry = |after| after_failure(1, 10, false, Some(after), BACKOFF, 0.0);
+        assert_eq!(retry(60_000), AfterFailure::Retry { delay_ms: 60_000 });
+        assert_eq!(retry(1_000), AfterFailure::Retry { delay_ms: 10_000 });
+        // It does not keep a report past its last attempt.
+        assert_eq!(
+            after_failure(10, 10, false, Some(1_000), BACKOFF, 0.0),
+            AfterFailure::Fail
         );
     }
 }

@@ -369,4 +369,67 @@ mod tests {
         );
         assert_eq!(reports(), vec![report("tally_messages", 1, "failed")]);
     }
+
+    #[pg_test]
+    fn a_retry_after_longer_than_the_backoff_is_honoured() {
+        billed_fixture();
+        check("'acme', 'messages'");
+        let id = claim(1, "1 minute")[0];
+        run(&format!(
+            "SELECT tally.fail_usage_report({id}, '429 rate_limit', retry_after => '2 minutes')"
+        ));
+        assert!((119.0..=121.0).contains(&delay(id)), "{}", delay(id));
+        time_passes();
+        let id = claim(1, "1 minute")[0];
+        // Shorter than the backoff (20 s for a second attempt): the backoff wins.
+        run(&format!(
+            "SELECT tally.fail_usage_report({id}, '429 rate_limit', retry_after => '1 second')"
+        ));
+        assert!((19.0..=26.0).contains(&delay(id)), "{}", delay(id));
+        assert_fails(
+            &format!("SELECT tally.fail_usage_report({id}, 'x', retry_after => '-1 second')"),
+            "22023",
+            "retry_after must be a positive interval",
+        );
+    }
+
+    #[pg_test]
+    fn failed_reports_can_be_put_back_in_the_queue() {
+        billed_fixture();
+        for _ in 0..3 {
+            check("'acme', 'messages'");
+        }
+        let ids = claim(3, "1 minute");
+        for id in &ids {
+            run(&format!(
+                "SELECT tally.fail_usage_report({id}, 'resource_missing', true)"
+            ));
+        }
+        assert_eq!(
+            value::<i64>(&format!(
+                "SELECT tally.requeue_failed_usage_reports(ARRAY[{}])",
+                ids[0]
+            )),
+            Some(1)
+        );
+        assert_eq!(status(ids[0]), "pending/0");
+        assert_eq!(claim(3, "1 minute"), vec![ids[0]]);
+        assert_eq!(
+            value::<i64>("SELECT tally.requeue_failed_usage_reports()"),
+            Some(2)
+        );
+        // Only failed reports move; unknown ids are an error.
+        assert_eq!(
+            value::<i64>(&format!(
+                "SELECT tally.requeue_failed_usage_reports(ARRAY[{}])",
+                ids[0]
+            )),
+            Some(0)
+        );
+        assert_fails(
+            "SELECT tally.requeue_failed_usage_reports(ARRAY[987654])",
+            "P0002",
+            "usage report not found",
+        );
+    }
 }

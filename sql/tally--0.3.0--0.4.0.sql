@@ -1,0 +1,44 @@
+\echo Use "ALTER EXTENSION tally UPDATE TO '0.4.0'" to load this file. \quit
+
+-- tally 0.3.0 -> 0.4.0: what tallyd's usage-report worker needs.
+--
+-- * fail_usage_report takes a retry_after: a provider's Retry-After, after
+--   which a transient failure is retried when it is longer than the backoff.
+--   It is a new C function (fail_report_wrapper); the library keeps the old
+--   three-argument one so earlier install scripts still load.
+-- * requeue_failed_usage_reports puts failed reports back in the queue.
+
+DROP FUNCTION tally.fail_usage_report(bigint, text, boolean);
+CREATE FUNCTION tally."fail_usage_report"(
+	"id" bigint,
+	"error" TEXT,
+	"permanent" bool DEFAULT false,
+	"retry_after" interval DEFAULT NULL
+) RETURNS void
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'fail_report_wrapper';
+
+-- Put failed reports back in the queue, with their attempts counted from
+-- zero: the given ids, or every failed report when ids is NULL. Reports
+-- that are not failed are left alone. Returns how many were put back.
+CREATE FUNCTION tally.requeue_failed_usage_reports(ids bigint[] DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    unknown bigint[];
+    requeued bigint;
+BEGIN
+    SELECT array_agg(i ORDER BY i) INTO unknown
+      FROM unnest(ids) AS i
+     WHERE NOT EXISTS (SELECT FROM tally.usage_reports AS r WHERE r.id = i);
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'usage report not found' USING ERRCODE = 'no_data_found',
+            DETAIL = format('no usage report has id %s', array_to_string(unknown, ', ')),
+            HINT = 'list failed reports with tallyd reports, or in tally.usage_reports';
+    END IF;
+    UPDATE tally.usage_reports AS r
+       SET status = 'pending', attempts = 0, next_attempt_at = now(), lease_until = NULL, failed_at = NULL
+     WHERE r.status = 'failed' AND (ids IS NULL OR r.id = ANY (ids));
+    GET DIAGNOSTICS requeued = ROW_COUNT;
+    RETURN requeued;
+END
+$$;
