@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::db::{self, admin, Migration};
 use crate::signature::Secrets;
 use crate::telemetry::{self, LogFormat};
+use crate::worker::stripe::MeterClient;
+use crate::worker::WorkerConfig;
 use crate::{api_keys, plans_file, Config};
 
 #[derive(Debug, Parser)]
@@ -29,8 +31,16 @@ pub enum Command {
     /// Create the tally extension in the database, or upgrade it to the
     /// version this tallyd was built for.
     Migrate,
-    /// Serve provider webhooks, the tenant API, health checks and metrics.
+    /// Serve provider webhooks, the tenant API, health checks and metrics,
+    /// and run the usage-report worker (unless --no-worker).
     Serve(ServeArgs),
+    /// Run the usage-report worker alone: send usage reports to Stripe.
+    Worker(WorkerCommandArgs),
+    /// The usage-report queue: depth and failed reports.
+    Reports {
+        #[command(subcommand)]
+        command: Option<ReportsCommand>,
+    },
     /// Metrics, plans and limits.
     #[command(subcommand)]
     Plans(PlansCommand),
@@ -80,6 +90,89 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "TALLY_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
+    /// Do not run the usage-report worker in this process.
+    #[arg(long)]
+    pub no_worker: bool,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Stripe secret key, for sending usage reports.
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true)]
+    pub stripe_secret_key: Option<String>,
+    /// Stripe's API address (tests and the demo point it at a local fake).
+    #[arg(
+        long,
+        env = "STRIPE_API_BASE",
+        default_value = "https://api.stripe.com/"
+    )]
+    pub stripe_api_base: String,
+    /// Usage reports sent per second at most (Stripe takes 1,000 meter events/s).
+    #[arg(long, env = "TALLY_WORKER_RATE", default_value_t = 800.0)]
+    pub worker_rate: f64,
+    /// Sends in flight at most.
+    #[arg(long, env = "TALLY_WORKER_CONCURRENCY", default_value_t = 16)]
+    pub worker_concurrency: usize,
+    /// Reports claimed at a time.
+    #[arg(long, env = "TALLY_WORKER_BATCH", default_value_t = 100)]
+    pub worker_batch: i32,
+    /// How long a claim holds its reports: a worker that dies gives them back after it. 60s, 5m, …
+    #[arg(long, env = "TALLY_WORKER_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub worker_lease: std::time::Duration,
+    /// Pause before looking again when the queue is empty. 250ms, 1s, …
+    #[arg(long, env = "TALLY_WORKER_POLL", default_value = "250ms", value_parser = parse_duration)]
+    pub worker_poll: std::time::Duration,
+    /// Time allowed for one send to Stripe.
+    #[arg(long, env = "TALLY_STRIPE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub stripe_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerCommandArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Log format.
+    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl WorkerArgs {
+    fn worker(&self) -> Result<Option<(MeterClient, WorkerConfig)>> {
+        let Some(key) = self
+            .stripe_secret_key
+            .as_deref()
+            .filter(|key| !key.is_empty())
+        else {
+            return Ok(None);
+        };
+        let rate_ok = self.worker_rate.is_finite() && self.worker_rate > 0.0;
+        if !rate_ok || self.worker_concurrency == 0 || self.worker_batch <= 0 {
+            bail!("the worker's rate, concurrency and batch must be positive");
+        }
+        let client = MeterClient::new(key, &self.stripe_api_base, self.stripe_timeout)?;
+        let config = WorkerConfig {
+            batch: self.worker_batch,
+            lease: self.worker_lease,
+            concurrency: self.worker_concurrency,
+            rate: self.worker_rate,
+            poll_interval: self.worker_poll,
+        };
+        Ok(Some((client, config)))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportsCommand {
+    /// Put failed reports back in the queue.
+    Retry {
+        /// Report ids.
+        ids: Vec<i64>,
+        /// Every failed report.
+        #[arg(long, conflicts_with = "ids")]
+        all_failed: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +203,33 @@ pub enum ApiKeyCommand {
     },
     /// Revoke an API key by its id (the part after `tly_`).
     Revoke { key_id: String },
+}
+
+/// `250ms`, `10s`, `5m`, `1h` → a duration.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: use a number and ms, s, m or h"))?;
+    let millis = match unit {
+        "ms" => number,
+        "s" => number * 1_000,
+        "m" => number * 60_000,
+        "h" => number * 3_600_000,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration: use a number and ms, s, m or h"
+            ))
+        }
+    };
+    if millis == 0 {
+        return Err(format!("{text:?}: a duration must be longer than zero"));
+    }
+    Ok(std::time::Duration::from_millis(millis))
 }
 
 /// `30d` → `30 days`: an age as a Postgres interval.
@@ -230,9 +350,17 @@ async fn serve(url: &str, args: ServeArgs) -> Result<()> {
         stripe_webhook_secrets: Secrets::parse(&args.stripe_webhook_secret),
         paddle_webhook_secrets: Secrets::parse(&args.paddle_webhook_secret),
         max_body_bytes: args.max_body_bytes,
+        worker: if args.no_worker {
+            None
+        } else {
+            args.worker.worker()?
+        },
     };
     if config.stripe_webhook_secrets.is_empty() && config.paddle_webhook_secrets.is_empty() {
         tracing::warn!("no webhook secret is configured: provider webhooks are refused");
+    }
+    if !args.no_worker && config.worker.is_none() {
+        tracing::warn!("no STRIPE_SECRET_KEY: usage reports are not sent (run a worker elsewhere, or pass --no-worker)");
     }
     let listener = TcpListener::bind(args.listen)
         .await
@@ -240,6 +368,112 @@ async fn serve(url: &str, args: ServeArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     crate::run(config, listener, shutdown).await
+}
+
+async fn worker(url: &str, args: WorkerCommandArgs) -> Result<()> {
+    telemetry::init(args.log_format);
+    let Some((client, config)) = args.worker.worker()? else {
+        bail!("no Stripe secret key: set STRIPE_SECRET_KEY or pass --stripe-secret-key");
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    crate::run_worker(url, client, config, shutdown).await
+}
+
+async fn reports(url: &str, command: Option<ReportsCommand>) -> Result<()> {
+    let pool = db::pool(url, 1)?;
+    let client = pool.get().await.context("connecting to the database")?;
+    match command {
+        Some(ReportsCommand::Retry { ids, all_failed }) => {
+            if ids.is_empty() && !all_failed {
+                bail!("name the reports to retry, or pass --all-failed");
+            }
+            let ids = (!all_failed).then_some(ids.as_slice());
+            let requeued = db::reports::requeue(&client, ids)
+                .await
+                .map_err(|error| match error.as_db_error() {
+                    Some(db_error) if db_error.code().code() == "P0002" => {
+                        anyhow::anyhow!(
+                            "{}: {}",
+                            db_error.message(),
+                            db_error.detail().unwrap_or_default()
+                        )
+                    }
+                    _ => error.into(),
+                })?;
+            println!(
+                "{requeued} failed usage report{} back in the queue",
+                if requeued == 1 { "" } else { "s" }
+            );
+        }
+        None => {
+            let stats = db::reports::stats(&client).await?;
+            let age = stats
+                .oldest_pending_seconds
+                .map_or_else(|| "-".to_string(), |seconds| format!("{seconds:.0}s"));
+            let queue = vec![vec![
+                stats.pending.to_string(),
+                stats.leased.to_string(),
+                stats.due.to_string(),
+                stats.failed.to_string(),
+                age,
+            ]];
+            print!(
+                "{}",
+                table(
+                    &["pending", "sending", "due now", "failed", "oldest pending"],
+                    &queue
+                )
+            );
+            let failed = db::reports::failed(&client, 100).await?;
+            if !failed.is_empty() {
+                let rows: Vec<Vec<String>> = failed
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            r.tenant_id.clone(),
+                            r.metric.clone(),
+                            r.units.to_string(),
+                            r.attempts.to_string(),
+                            r.failed_at.map_or_else(
+                                || "-".into(),
+                                |at| at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            ),
+                            r.last_error.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "\nfailed reports (newest first{}):",
+                    if failed.len() == 100 {
+                        ", the last 100"
+                    } else {
+                        ""
+                    }
+                );
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "id",
+                            "tenant",
+                            "metric",
+                            "units",
+                            "attempts",
+                            "failed at (UTC)",
+                            "error"
+                        ],
+                        &rows
+                    )
+                );
+                println!(
+                    "\nput them back in the queue with: tallyd reports retry <id>… or --all-failed"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Cancel on SIGTERM or ctrl-c: the server finishes what is in flight.
@@ -276,6 +510,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Serve(args) => serve(&url, args).await?,
+        Command::Worker(args) => worker(&url, args).await?,
+        Command::Reports { command } => reports(&url, command).await?,
         Command::Plans(PlansCommand::Apply { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -413,6 +649,25 @@ mod tests {
         assert!(parse_age("d").is_err());
         assert!(parse_age("-5d").is_err());
         assert!(parse_age("5 weeks").is_err());
+    }
+
+    #[test]
+    fn durations_read_with_their_unit() {
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse_duration("60s"),
+            Ok(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_duration("5m"),
+            Ok(std::time::Duration::from_secs(300))
+        );
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("fast").is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod plans_file;
 pub mod signature;
 pub mod telemetry;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::signature::Secrets;
 
 /// The extension version this build of tallyd speaks to.
-pub const EXTENSION_VERSION: &str = "0.3.0";
+pub const EXTENSION_VERSION: &str = "0.4.0";
 
 /// How `serve` runs. Secrets and the database URL never print.
 #[derive(Clone)]
@@ -31,6 +32,8 @@ pub struct Config {
     pub stripe_webhook_secrets: Secrets,
     pub paddle_webhook_secrets: Secrets,
     pub max_body_bytes: usize,
+    /// The usage-report worker, if this server runs one.
+    pub worker: Option<(worker::stripe::MeterClient, worker::WorkerConfig)>,
 }
 
 impl std::fmt::Debug for Config {
@@ -40,25 +43,61 @@ impl std::fmt::Debug for Config {
             .field("stripe_webhook_secrets", &self.stripe_webhook_secrets)
             .field("paddle_webhook_secrets", &self.paddle_webhook_secrets)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("worker", &self.worker)
             .finish_non_exhaustive()
     }
 }
 
-/// Serve HTTP on `listener` until `shutdown` is cancelled, then finish the
-/// requests in flight and return.
+/// Serve HTTP on `listener`, and run the usage-report worker if configured,
+/// until `shutdown` is cancelled; then finish the requests and sends in
+/// flight and return.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
     let pool = db::pool(&config.database_url, config.pool_size)?;
+    let metrics = Arc::new(metrics::Metrics::new());
     let state = http::AppState {
-        pool,
+        pool: pool.clone(),
         stripe_secrets: config.stripe_webhook_secrets,
         paddle_secrets: config.paddle_webhook_secrets,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics: metrics.clone(),
     };
+    let worker = config.worker.map(|(client, worker_config)| {
+        tokio::spawn(worker::run(
+            pool,
+            client,
+            worker_config,
+            metrics,
+            shutdown.clone(),
+        ))
+    });
     let app = http::router(state, config.max_body_bytes);
     tracing::info!(address = %listener.local_addr()?, "tallyd listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    // The server only stops on shutdown; make sure the worker hears it too.
+    shutdown.cancel();
+    if let Some(worker) = worker {
+        worker.await??;
+    }
+    served?;
     tracing::info!("tallyd stopped");
     Ok(())
+}
+
+/// Run the usage-report worker alone until `shutdown` is cancelled.
+pub async fn run_worker(
+    database_url: &str,
+    client: worker::stripe::MeterClient,
+    config: worker::WorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let pool = db::pool(database_url, config.concurrency + 1)?;
+    worker::run(
+        pool,
+        client,
+        config,
+        Arc::new(metrics::Metrics::new()),
+        shutdown,
+    )
+    .await
 }

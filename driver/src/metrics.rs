@@ -4,6 +4,8 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -47,6 +49,12 @@ pub struct Metrics {
     pub plan_changes_blocked: Counter,
     pub pool_size: Gauge,
     pub pool_available: Gauge,
+    pub report_sends: Family<OutcomeLabels, Counter>,
+    pub report_send_seconds: Histogram,
+    pub queue_pending: Gauge,
+    pub queue_leased: Gauge,
+    pub queue_failed: Gauge,
+    pub queue_oldest_pending_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -97,6 +105,42 @@ impl Metrics {
             "Database connections open and idle",
             pool_available.clone(),
         );
+        let report_sends = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "report_sends",
+            "Usage reports sent to Stripe by outcome: sent, transient or permanent",
+            report_sends.clone(),
+        );
+        let report_send_seconds = latency_histogram();
+        registry.register(
+            "report_send_duration_seconds",
+            "Time to send one usage report to Stripe",
+            report_send_seconds.clone(),
+        );
+        let queue_pending = Gauge::default();
+        registry.register(
+            "report_queue_pending",
+            "Usage reports not sent yet",
+            queue_pending.clone(),
+        );
+        let queue_leased = Gauge::default();
+        registry.register(
+            "report_queue_leased",
+            "Usage reports a worker is sending now",
+            queue_leased.clone(),
+        );
+        let queue_failed = Gauge::default();
+        registry.register(
+            "report_queue_failed",
+            "Usage reports given up, kept for inspection",
+            queue_failed.clone(),
+        );
+        let queue_oldest_pending_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "report_queue_oldest_pending_seconds",
+            "Age of the oldest usage report not sent yet",
+            queue_oldest_pending_seconds.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -106,6 +150,12 @@ impl Metrics {
             plan_changes_blocked,
             pool_size,
             pool_available,
+            report_sends,
+            report_send_seconds,
+            queue_pending,
+            queue_leased,
+            queue_failed,
+            queue_oldest_pending_seconds,
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod events;
+pub mod reports;
 pub mod tenant_api;
 
 use anyhow::{bail, Context, Result};

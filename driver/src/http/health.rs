@@ -42,6 +42,19 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let status = state.pool.status();
     state.metrics.pool_size.set(status.size as i64);
     state.metrics.pool_available.set(status.available as i64);
+    // The queue as it is now; if the database does not answer, the gauges
+    // keep their last values.
+    if let Ok(client) = state.pool.get().await {
+        if let Ok(stats) = db::reports::stats(&client).await {
+            state.metrics.queue_pending.set(stats.pending);
+            state.metrics.queue_leased.set(stats.leased);
+            state.metrics.queue_failed.set(stats.failed);
+            state
+                .metrics
+                .queue_oldest_pending_seconds
+                .set(stats.oldest_pending_seconds.unwrap_or(0.0));
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -1,0 +1,131 @@
+//! SQL behind the usage-report worker and `tallyd reports`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Client;
+use tokio_postgres::Error;
+
+use crate::worker::stripe::Report;
+
+/// Claim up to `batch` due reports for `lease`.
+pub async fn claim(client: &Client, batch: i32, lease: Duration) -> Result<Vec<Report>, Error> {
+    let statement = client
+        .prepare_cached(
+            "SELECT id, tenant_id, event_name, units, identifier, stripe_customer_id, created_at, attempts
+               FROM tally.claim_usage_reports($1, make_interval(secs => $2))",
+        )
+        .await?;
+    let rows = client
+        .query(&statement, &[&batch, &lease.as_secs_f64()])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| Report {
+            id: row.get(0),
+            tenant_id: row.get(1),
+            event_name: row.get(2),
+            units: row.get(3),
+            identifier: row.get(4),
+            stripe_customer_id: row.get(5),
+            created_at: row.get(6),
+            attempts: row.get(7),
+        })
+        .collect())
+}
+
+pub async fn complete(client: &Client, id: i64) -> Result<(), Error> {
+    let statement = client
+        .prepare_cached("SELECT tally.complete_usage_report($1)")
+        .await?;
+    client.execute(&statement, &[&id]).await?;
+    Ok(())
+}
+
+pub async fn fail(
+    client: &Client,
+    id: i64,
+    error: &str,
+    permanent: bool,
+    retry_after: Option<Duration>,
+) -> Result<(), Error> {
+    let statement = client
+        .prepare_cached("SELECT tally.fail_usage_report($1, $2, $3, make_interval(secs => $4))")
+        .await?;
+    let retry_after = retry_after
+        .filter(|after| !after.is_zero())
+        .map(|after| after.as_secs_f64());
+    client
+        .execute(&statement, &[&id, &error, &permanent, &retry_after])
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueStats {
+    pub pending: i64,
+    pub leased: i64,
+    pub due: i64,
+    pub failed: i64,
+    pub oldest_pending_seconds: Option<f64>,
+}
+
+pub async fn stats(client: &Client) -> Result<QueueStats, Error> {
+    let row = client
+        .query_one(
+            "SELECT pending, leased, due, failed, extract(epoch FROM oldest_pending_age)::float8
+               FROM tally.usage_report_stats()",
+            &[],
+        )
+        .await?;
+    Ok(QueueStats {
+        pending: row.get(0),
+        leased: row.get(1),
+        due: row.get(2),
+        failed: row.get(3),
+        oldest_pending_seconds: row.get(4),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct FailedReport {
+    pub id: i64,
+    pub tenant_id: String,
+    pub metric: String,
+    pub units: i64,
+    pub attempts: i32,
+    pub failed_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// Failed reports, newest first.
+pub async fn failed(client: &Client, limit: i64) -> Result<Vec<FailedReport>, Error> {
+    let rows = client
+        .query(
+            "SELECT id, tenant_id, metric, units, attempts, failed_at, last_error
+               FROM tally.usage_reports WHERE status = 'failed'
+              ORDER BY failed_at DESC, id DESC LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| FailedReport {
+            id: row.get(0),
+            tenant_id: row.get(1),
+            metric: row.get(2),
+            units: row.get(3),
+            attempts: row.get(4),
+            failed_at: row.get(5),
+            last_error: row.get(6),
+        })
+        .collect())
+}
+
+/// Put failed reports back in the queue: these ids, or all of them.
+pub async fn requeue(client: &Client, ids: Option<&[i64]>) -> Result<i64, Error> {
+    let row = client
+        .query_one("SELECT tally.requeue_failed_usage_reports($1)", &[&ids])
+        .await?;
+    Ok(row.get(0))
+}
