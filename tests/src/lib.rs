@@ -6,6 +6,7 @@
 //! released version and upgrades it with `ALTER EXTENSION tally UPDATE`, so
 //! the whole suite runs again against an upgraded schema.
 
+pub mod fake_stripe;
 pub mod server;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -94,6 +95,10 @@ impl TestDb {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn connect(&self) -> Client {

@@ -33,6 +33,33 @@ impl Server {
     }
 
     pub async fn start_with(db: &TestDb, stripe_secrets: &str, paddle_secrets: &str) -> Server {
+        Server::start_full(db, stripe_secrets, paddle_secrets, None).await
+    }
+
+    /// tallyd with its usage-report worker sending to `stripe_api_base`.
+    pub async fn start_with_worker(db: &TestDb, stripe_api_base: &str, stripe_key: &str) -> Server {
+        let client = tallyd::worker::stripe::MeterClient::new(
+            stripe_key,
+            stripe_api_base,
+            Duration::from_secs(5),
+        )
+        .expect("Stripe client");
+        let config = tallyd::worker::WorkerConfig {
+            poll_interval: Duration::from_millis(20),
+            ..Default::default()
+        };
+        Server::start_full(db, STRIPE_SECRET, PADDLE_SECRET, Some((client, config))).await
+    }
+
+    async fn start_full(
+        db: &TestDb,
+        stripe_secrets: &str,
+        paddle_secrets: &str,
+        worker: Option<(
+            tallyd::worker::stripe::MeterClient,
+            tallyd::worker::WorkerConfig,
+        )>,
+    ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let config = tallyd::Config {
@@ -41,6 +68,7 @@ impl Server {
             stripe_webhook_secrets: tallyd::signature::Secrets::parse(stripe_secrets),
             paddle_webhook_secrets: tallyd::signature::Secrets::parse(paddle_secrets),
             max_body_bytes: 64 * 1024,
+            worker,
         };
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(tallyd::run(config, listener, shutdown.clone()));

@@ -44,7 +44,12 @@ const DESCRIBE_SCHEMA: &str = "
            AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'tally')
     ) AS lines";
 
+/// Versions released before this one.
 fn released_versions() -> Vec<String> {
+    let current = include_str!("../../extension/Cargo.toml")
+        .lines()
+        .find_map(|line| line.strip_prefix("version = \"")?.strip_suffix('"'))
+        .expect("the extension's version");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/released");
     let mut versions: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
