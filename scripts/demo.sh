@@ -12,8 +12,8 @@ database=tally_demo
 
 setup
 install_extension release
-say "building tallyd"
-(cd "$TALLY_ROOT" && cargo build --release --locked -p tallyd 2>&1 | tail -1)
+say "building tallyd and a local fake of Stripe"
+(cd "$TALLY_ROOT" && cargo build --release --locked -p tallyd -p tally-tests --bin tallyd --bin fake-stripe 2>&1 | tail -1)
 tallyd=$CARGO_TARGET_DIR/release/tallyd
 cluster_start demo "$port"
 
@@ -56,10 +56,10 @@ show "tallyd api-key create globex --label demo"
 key=$("$tallyd" api-key create globex --label demo | tail -n 1)
 echo "tly_…  (shown once)"
 
-say "tallyd serve on $api"
-"$tallyd" serve --listen "127.0.0.1:$api_port" 2>"$TALLY_RUN_DIR/demo/tallyd.log" &
+say "tallyd serve on $api (the usage-report worker runs later, on its own)"
+"$tallyd" serve --no-worker --listen "127.0.0.1:$api_port" 2>"$TALLY_RUN_DIR/demo/tallyd.log" &
 tallyd_pid=$!
-trap 'kill $tallyd_pid 2>/dev/null || true' EXIT
+trap 'kill $tallyd_pid ${fake_pid:-} ${worker_pid:-} 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
     curl -sf "$api/readyz" >/dev/null 2>&1 && break
     sleep 0.1
@@ -69,6 +69,7 @@ curl -sS "$api/readyz"; echo
 
 api_call POST /v1/usage/messages/check '{"units": 60}'
 api_call POST /v1/usage/messages/check '{"units": 50}'
+api_call POST /v1/usage/messages/check '{"units": 25}'
 api_call POST /v1/usage/chatbots/check
 api_call POST /v1/usage/chatbots/check
 api_call GET /v1/usage
@@ -81,8 +82,37 @@ webhook "$paid"
 show "tallyd usage globex"
 "$tallyd" usage globex
 
-kill -TERM $tallyd_pid
-wait $tallyd_pid || true
+say "usage reports: messages are billed, so each allowed check left one in the queue"
+# The demo retries failed sends after 200 ms instead of the default 10 s.
+pg "$port" -c "ALTER DATABASE $database SET tally.report_backoff_base = '200ms'"
+stripe_port=${TALLY_DEMO_STRIPE_PORT:-12111}
+export STRIPE_SECRET_KEY=sk_test_demo STRIPE_API_BASE=http://127.0.0.1:$stripe_port/
+"$CARGO_TARGET_DIR/release/fake-stripe" --listen "127.0.0.1:$stripe_port" --secret-key "$STRIPE_SECRET_KEY" \
+    --server-errors 0.3 2>"$TALLY_RUN_DIR/demo/fake-stripe.log" &
+fake_pid=$!
+show "tallyd reports"
+"$tallyd" reports
+show "tallyd worker   (against a local fake of Stripe that fails 30% of calls with a 500)"
+"$tallyd" worker 2>"$TALLY_RUN_DIR/demo/worker.log" &
+worker_pid=$!
+for _ in $(seq 600); do
+    pending=$(pg "$port" -d $database -At -c "SELECT pending FROM tally.usage_report_stats()")
+    [ "$pending" = 0 ] && break
+    sleep 0.1
+done
+kill -TERM $worker_pid; wait $worker_pid || true
+show "tallyd reports"
+"$tallyd" reports
+show "what the fake Stripe counted: GET ${STRIPE_API_BASE}_fake/events"
+curl -sS "${STRIPE_API_BASE}_fake/events" | python3 -c '
+import json, sys
+for e in json.load(sys.stdin):
+    print("  meter event %s: %s for %s" % (e["identifier"], e["value"], e["customer"]))'
+retried=$(grep -c "will be retried" "$TALLY_RUN_DIR/demo/worker.log" || true)
+echo "  sends retried after a 500: $retried (the worker's log: $TALLY_RUN_DIR/demo/worker.log)"
+
+kill -TERM $tallyd_pid $fake_pid
+wait $tallyd_pid $fake_pid || true
 trap - EXIT
 
 cat <<MSG

@@ -89,11 +89,15 @@ install_extension() {
 }
 
 # Earlier versions' install scripts, so `CREATE EXTENSION tally VERSION '…'`
-# and the upgrade test can start from a released version.
+# and the upgrade test can start from a released version. The current
+# version's script is the one cargo pgrx generated from the code.
 install_released_scripts() {
-    local extdir
+    local extdir current script
     extdir=$("$PG_CONFIG" --sharedir)/extension
-    as_root cp "$TALLY_ROOT"/sql/released/tally--*.sql "$extdir"/ 2>/dev/null || true
+    current=$(sed -n 's/^version = "\(.*\)"/\1/p' "$TALLY_ROOT/extension/Cargo.toml")
+    for script in "$TALLY_ROOT"/sql/released/tally--*.sql; do
+        if [ "$(basename "$script")" != "tally--$current.sql" ]; then as_root cp "$script" "$extdir"/; fi
+    done
 }
 
 # cluster_start NAME PORT: start (creating if needed) a local cluster listening
