@@ -92,6 +92,36 @@ fn verify(
     }
 }
 
+/// The timestamp and the candidate signatures of a header made of
+/// `key=value` parts: `t=<unix>,v1=<hex>,…` (Stripe), `ts=<unix>;h1=<hex>;…`
+/// (Paddle). Unknown keys are skipped.
+fn parse_header<'a>(
+    header: Option<&'a str>,
+    separator: char,
+    timestamp_key: &str,
+    signature_key: &str,
+) -> Result<(i64, Vec<&'a str>), SignatureError> {
+    let header = header.ok_or(SignatureError::Missing)?;
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(separator) {
+        let (key, value) = part
+            .trim()
+            .split_once('=')
+            .ok_or(SignatureError::Malformed)?;
+        if key == timestamp_key {
+            timestamp = Some(
+                value
+                    .parse::<i64>()
+                    .map_err(|_| SignatureError::Malformed)?,
+            );
+        } else if key == signature_key {
+            signatures.push(value);
+        }
+    }
+    Ok((timestamp.ok_or(SignatureError::Malformed)?, signatures))
+}
+
 /// `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>…]`, signing `"<t>.<body>"`.
 pub fn verify_stripe(
     header: Option<&str>,
@@ -99,24 +129,7 @@ pub fn verify_stripe(
     secrets: &Secrets,
     now: i64,
 ) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?;
-    let mut timestamp = None;
-    let mut signatures = Vec::new();
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", value)) => {
-                timestamp = Some(
-                    value
-                        .parse::<i64>()
-                        .map_err(|_| SignatureError::Malformed)?,
-                )
-            }
-            Some(("v1", value)) => signatures.push(value),
-            Some(_) => {}
-            None => return Err(SignatureError::Malformed),
-        }
-    }
-    let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
+    let (timestamp, signatures) = parse_header(header, ',', "t", "v1")?;
     let t = timestamp.to_string();
     verify(
         timestamp,
@@ -134,24 +147,7 @@ pub fn verify_paddle(
     secrets: &Secrets,
     now: i64,
 ) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?;
-    let mut timestamp = None;
-    let mut signatures = Vec::new();
-    for part in header.split(';') {
-        match part.trim().split_once('=') {
-            Some(("ts", value)) => {
-                timestamp = Some(
-                    value
-                        .parse::<i64>()
-                        .map_err(|_| SignatureError::Malformed)?,
-                )
-            }
-            Some(("h1", value)) => signatures.push(value),
-            Some(_) => {}
-            None => return Err(SignatureError::Malformed),
-        }
-    }
-    let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
+    let (timestamp, signatures) = parse_header(header, ';', "ts", "h1")?;
     let ts = timestamp.to_string();
     verify(
         timestamp,
