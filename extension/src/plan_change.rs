@@ -17,9 +17,9 @@ use serde_json::json;
 use crate::args;
 use crate::composite;
 use crate::errors::{self, OrRaise};
-use crate::rules::{self, Counter, Kind, Limit, MetricUse, PlanCheck};
+use crate::rules::{self, Counter, Limit, MetricUse, PlanCheck};
 use crate::spi::{self, Statement, TEXT};
-use crate::usage::{load_tenant, Tenant};
+use crate::usage::{load_tenant, stored_kind, Tenant};
 
 const PLAN_CHECK: &str = "tally.plan_check";
 
@@ -79,8 +79,7 @@ fn metric_uses(table: SpiTupleTable<'_>, tenant: &Tenant) -> Vec<MetricUse> {
         .map(|row| {
             let metric: String = spi::get(&row, 1).unwrap_or_default();
             let kind_name: String = spi::get(&row, 2).unwrap_or_default();
-            let kind = Kind::parse(&kind_name)
-                .unwrap_or_else(|| spi::bug(format!("metric {metric} has kind {kind_name}")));
+            let kind = stored_kind(&metric, &kind_name);
             let stored = Counter {
                 used: spi::get(&row, 3).unwrap_or(0),
                 period_start: spi::get_micros(&row, 4),

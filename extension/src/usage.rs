@@ -156,6 +156,11 @@ impl Context {
     }
 }
 
+/// A metric's kind as stored; the table's constraint allows no other.
+pub fn stored_kind(metric: &str, kind: &str) -> Kind {
+    Kind::parse(kind).unwrap_or_else(|| spi::bug(format!("metric {metric} has kind {kind}")))
+}
+
 /// Read the tenant, the metric and the limit; unknown ones are errors.
 pub fn load_context(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str) -> Context {
     let row = spi::first_row(client, &CONTEXT, &[tenant_id.into(), metric.into()])
@@ -163,8 +168,7 @@ pub fn load_context(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str) -
     let Some(kind) = spi::get::<String>(&row, 3) else {
         errors::metric_not_found(metric).raise()
     };
-    let kind =
-        Kind::parse(&kind).unwrap_or_else(|| spi::bug(format!("metric {metric} has kind {kind}")));
+    let kind = stored_kind(metric, &kind);
     let period_start = spi::get_micros(&row, 1);
     Context {
         period: rules::current_period(period_start, spi::get_micros(&row, 2), spi::now()),
@@ -504,8 +508,7 @@ fn usage_summary(
             .map(|row| {
                 let metric: String = spi::get(&row, 1).unwrap_or_default();
                 let kind_name: String = spi::get(&row, 2).unwrap_or_default();
-                let kind = Kind::parse(&kind_name)
-                    .unwrap_or_else(|| spi::bug(format!("metric {metric} has kind {kind_name}")));
+                let kind = stored_kind(&metric, &kind_name);
                 let stored = spi::get::<i64>(&row, 3).map(|used| Counter {
                     used,
                     period_start: spi::get_micros(&row, 4),
