@@ -135,14 +135,7 @@ fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 }
 
 /// The result of one `check_and_increment_usage` call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    pub allowed: bool,
-    pub used: i64,
-    pub max_units: Option<i64>,
-    pub remaining: Option<i64>,
-    pub reason: Option<String>,
-}
+pub use tallyd::db::tenant_api::Check;
 
 pub fn check(
     client: &mut Client,

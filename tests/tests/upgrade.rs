@@ -61,6 +61,7 @@ fn released_versions() -> Vec<String> {
                     .to_string(),
             )
         })
+        .filter(|version| version != current)
         .collect();
     versions.sort();
     assert!(
