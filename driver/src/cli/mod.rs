@@ -5,15 +5,19 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+
+mod commands;
+mod format;
+
+pub use format::{parse_age, parse_duration};
 
 use crate::db::{self, admin, Migration};
-use crate::signature::Secrets;
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::LogFormat;
 use crate::worker::stripe::MeterClient;
 use crate::worker::WorkerConfig;
-use crate::{api_keys, plans_file, Config};
+use crate::{api_keys, plans_file};
+use commands::{print_usage, reports, serve, worker};
+use format::{or_dash, table};
 
 #[derive(Debug, Parser)]
 #[command(name = "tallyd", version, about = "tally's daemon and operator tool")]
@@ -205,293 +209,10 @@ pub enum ApiKeyCommand {
     Revoke { key_id: String },
 }
 
-/// `250ms`, `10s`, `5m`, `1h` → a duration.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: use a number and ms, s, m or h"))?;
-    let millis = match unit {
-        "ms" => number,
-        "s" => number * 1_000,
-        "m" => number * 60_000,
-        "h" => number * 3_600_000,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a duration: use a number and ms, s, m or h"
-            ))
-        }
-    };
-    if millis == 0 {
-        return Err(format!("{text:?}: a duration must be longer than zero"));
-    }
-    Ok(std::time::Duration::from_millis(millis))
-}
-
-/// `30d` → `30 days`: an age as a Postgres interval.
-pub fn parse_age(age: &str) -> Result<String, String> {
-    let (number, unit) = age.trim().split_at(
-        age.trim()
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(age.len()),
-    );
-    let unit = match unit {
-        "d" => "days",
-        "h" => "hours",
-        "m" => "minutes",
-        "s" => "seconds",
-        _ => {
-            return Err(format!(
-                "{age:?} is not an age: use a number and d, h, m or s, as in 30d"
-            ))
-        }
-    };
-    let number: u32 = number
-        .parse()
-        .map_err(|_| format!("{age:?} is not an age: use a number and a unit, as in 30d"))?;
-    Ok(format!("{number} {unit}"))
-}
-
 fn database_url(cli: &Cli) -> Result<&str> {
     cli.database_url.as_deref().ok_or_else(|| {
         anyhow::anyhow!("no database given: set DATABASE_URL or pass --database-url")
     })
-}
-
-/// Left-aligned columns under a header.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        padded.join("  ").trim_end().to_string() + "\n"
-    };
-    let mut out = line(headers.to_vec());
-    for row in rows {
-        out += &line(row.iter().map(String::as_str).collect());
-    }
-    out
-}
-
-fn or_dash(value: Option<impl ToString>) -> String {
-    value.map_or_else(|| "-".to_string(), |v| v.to_string())
-}
-
-async fn print_usage(url: &str, tenant_id: &str) -> Result<()> {
-    let pool = db::pool(url, 1)?;
-    let mut client = pool.get().await.context("connecting to the database")?;
-    let usage = db::tenant_api::usage(&mut client, tenant_id)
-        .await
-        .map_err(|error| match db::sqlstate(&error) {
-            Some("P0002") => anyhow::anyhow!("tenant {tenant_id:?} not found"),
-            _ => error.into(),
-        })?;
-    let rows: Vec<Vec<String>> = usage
-        .metrics
-        .iter()
-        .map(|m| {
-            let period = match (m.period_start, m.period_end) {
-                (Some(start), Some(end)) => format!(
-                    "{} to {}",
-                    start.format("%Y-%m-%d %H:%M"),
-                    end.format("%Y-%m-%d %H:%M")
-                ),
-                _ => "-".into(),
-            };
-            vec![
-                m.metric.clone(),
-                m.kind.clone(),
-                m.used.to_string(),
-                m.max_units
-                    .map_or_else(|| "unlimited".into(), |max| max.to_string()),
-                or_dash(m.remaining),
-                period,
-            ]
-        })
-        .collect();
-    println!(
-        "{} on plan {} ({})",
-        usage.tenant_id, usage.plan_id, usage.status
-    );
-    print!(
-        "{}",
-        table(
-            &[
-                "metric",
-                "kind",
-                "used",
-                "limit",
-                "remaining",
-                "period (UTC)"
-            ],
-            &rows
-        )
-    );
-    Ok(())
-}
-
-async fn serve(url: &str, args: ServeArgs) -> Result<()> {
-    telemetry::init(args.log_format);
-    let config = Config {
-        database_url: url.to_string(),
-        pool_size: args.pool_size,
-        stripe_webhook_secrets: Secrets::parse(&args.stripe_webhook_secret),
-        paddle_webhook_secrets: Secrets::parse(&args.paddle_webhook_secret),
-        max_body_bytes: args.max_body_bytes,
-        worker: if args.no_worker {
-            None
-        } else {
-            args.worker.worker()?
-        },
-    };
-    if config.stripe_webhook_secrets.is_empty() && config.paddle_webhook_secrets.is_empty() {
-        tracing::warn!("no webhook secret is configured: provider webhooks are refused");
-    }
-    if !args.no_worker && config.worker.is_none() {
-        tracing::warn!("no STRIPE_SECRET_KEY: usage reports are not sent (run a worker elsewhere, or pass --no-worker)");
-    }
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    crate::run(config, listener, shutdown).await
-}
-
-async fn worker(url: &str, args: WorkerCommandArgs) -> Result<()> {
-    telemetry::init(args.log_format);
-    let Some((client, config)) = args.worker.worker()? else {
-        bail!("no Stripe secret key: set STRIPE_SECRET_KEY or pass --stripe-secret-key");
-    };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    crate::run_worker(url, client, config, shutdown).await
-}
-
-async fn reports(url: &str, command: Option<ReportsCommand>) -> Result<()> {
-    let pool = db::pool(url, 1)?;
-    let client = pool.get().await.context("connecting to the database")?;
-    match command {
-        Some(ReportsCommand::Retry { ids, all_failed }) => {
-            if ids.is_empty() && !all_failed {
-                bail!("name the reports to retry, or pass --all-failed");
-            }
-            let ids = (!all_failed).then_some(ids.as_slice());
-            let requeued = db::reports::requeue(&client, ids)
-                .await
-                .map_err(|error| match error.as_db_error() {
-                    Some(db_error) if db_error.code().code() == "P0002" => {
-                        anyhow::anyhow!(
-                            "{}: {}",
-                            db_error.message(),
-                            db_error.detail().unwrap_or_default()
-                        )
-                    }
-                    _ => error.into(),
-                })?;
-            println!(
-                "{requeued} failed usage report{} back in the queue",
-                if requeued == 1 { "" } else { "s" }
-            );
-        }
-        None => {
-            let stats = db::reports::stats(&client).await?;
-            let age = stats
-                .oldest_pending_seconds
-                .map_or_else(|| "-".to_string(), |seconds| format!("{seconds:.0}s"));
-            let queue = vec![vec![
-                stats.pending.to_string(),
-                stats.leased.to_string(),
-                stats.due.to_string(),
-                stats.failed.to_string(),
-                age,
-            ]];
-            print!(
-                "{}",
-                table(
-                    &["pending", "sending", "due now", "failed", "oldest pending"],
-                    &queue
-                )
-            );
-            let failed = db::reports::failed(&client, 100).await?;
-            if !failed.is_empty() {
-                let rows: Vec<Vec<String>> = failed
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.id.to_string(),
-                            r.tenant_id.clone(),
-                            r.metric.clone(),
-                            r.units.to_string(),
-                            r.attempts.to_string(),
-                            r.failed_at.map_or_else(
-                                || "-".into(),
-                                |at| at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                            ),
-                            r.last_error.clone().unwrap_or_default(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "\nfailed reports (newest first{}):",
-                    if failed.len() == 100 {
-                        ", the last 100"
-                    } else {
-                        ""
-                    }
-                );
-                print!(
-                    "{}",
-                    table(
-                        &[
-                            "id",
-                            "tenant",
-                            "metric",
-                            "units",
-                            "attempts",
-                            "failed at (UTC)",
-                            "error"
-                        ],
-                        &rows
-                    )
-                );
-                println!(
-                    "\nput them back in the queue with: tallyd reports retry <id>… or --all-failed"
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Cancel on SIGTERM or ctrl-c: the server finishes what is in flight.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
-    tracing::info!("shutting down: finishing requests in flight");
-    shutdown.cancel();
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -628,58 +349,17 @@ pub async fn run(cli: Cli) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signature::Secrets;
 
     #[test]
     fn the_expected_extension_version_is_the_extension_crates() {
-        let manifest = include_str!("../../extension/Cargo.toml");
+        let manifest = include_str!("../../../extension/Cargo.toml");
         let version = manifest
             .lines()
             .find_map(|line| line.strip_prefix("version = \""))
             .and_then(|rest| rest.strip_suffix('"'))
             .expect("extension version");
         assert_eq!(version, crate::EXTENSION_VERSION);
-    }
-
-    #[test]
-    fn ages_become_intervals() {
-        assert_eq!(parse_age("30d").as_deref(), Ok("30 days"));
-        assert_eq!(parse_age("12h").as_deref(), Ok("12 hours"));
-        assert_eq!(parse_age("0m").as_deref(), Ok("0 minutes"));
-        assert!(parse_age("30").is_err());
-        assert!(parse_age("d").is_err());
-        assert!(parse_age("-5d").is_err());
-        assert!(parse_age("5 weeks").is_err());
-    }
-
-    #[test]
-    fn durations_read_with_their_unit() {
-        assert_eq!(
-            parse_duration("250ms"),
-            Ok(std::time::Duration::from_millis(250))
-        );
-        assert_eq!(
-            parse_duration("60s"),
-            Ok(std::time::Duration::from_secs(60))
-        );
-        assert_eq!(
-            parse_duration("5m"),
-            Ok(std::time::Duration::from_secs(300))
-        );
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("fast").is_err());
-    }
-
-    #[test]
-    fn tables_align_their_columns() {
-        let rows = vec![
-            vec!["messages".into(), "95".into()],
-            vec!["chatbots".into(), "1".into()],
-        ];
-        assert_eq!(
-            table(&["metric", "used"], &rows),
-            "metric    used\nmessages  95\nchatbots  1\n"
-        );
     }
 
     #[test]
