@@ -11,7 +11,7 @@ PG_CONFIG=$PG_BIN/pg_config
 PGRX_VERSION=0.18.1
 # Build output lives outside the clone so a fresh clone reuses it.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally/target}
-export PATH=$HOME/.cargo/bin:$PATH
+export PATH=${CARGO_HOME:-$HOME/.cargo}/bin:$HOME/.cargo/bin:$PATH
 # Clusters live where the postgres user can reach them (not under /root).
 TALLY_RUN_DIR=${TALLY_RUN_DIR:-/var/tmp/tally}
 
