@@ -5,7 +5,8 @@
 
 use deadpool_postgres::Transaction;
 use serde_json::Value;
-use tokio_postgres::Error;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Error, Row};
 
 use crate::events::{Customer, Effect, Event, Provider, Standing, Subscription};
 
@@ -31,13 +32,13 @@ pub async fn apply(
 ) -> Result<Outcome, Error> {
     let transaction = client.transaction().await?;
     let provider = event.provider.as_str();
-    let locked: bool = transaction
-        .query_one(
-            "SELECT tally.attempt_event_lock($1, $2, $3, $4)",
-            &[&provider, &event.id, &event.kind, payload],
-        )
-        .await?
-        .get(0);
+    let locked: bool = query_one(
+        &transaction,
+        "SELECT tally.attempt_event_lock($1, $2, $3, $4)",
+        &[&provider, &event.id, &event.kind, payload],
+    )
+    .await?
+    .get(0);
     if !locked {
         transaction.rollback().await?;
         return Ok(Outcome::Duplicate);
@@ -92,8 +93,7 @@ async fn effect(tx: &Transaction<'_>, event: &Event) -> Result<Outcome, Error> {
         return Ok(not_linked(provider, customer));
     };
     if let Effect::PaymentSucceeded(_) = event.effect {
-        tx.execute("SELECT tally.reset_usage($1)", &[&tenant_id])
-            .await?;
+        execute(tx, "SELECT tally.reset_usage($1)", &[&tenant_id]).await?;
     }
     set_status(tx, &tenant_id, standing).await?;
     Ok(Outcome::Processed { tenant_id })
@@ -108,13 +108,13 @@ async fn subscription_changed(
     let Some(tenant_id) = tenant_of(tx, provider, &sub.customer).await? else {
         return Ok(not_linked(provider, &sub.customer));
     };
-    let current: bool = tx
-        .query_one(
-            "SELECT tally.accept_subscription_event($1, $2, $3)",
-            &[&tenant_id, &provider.as_str(), &event.occurred_at],
-        )
-        .await?
-        .get(0);
+    let current: bool = query_one(
+        tx,
+        "SELECT tally.accept_subscription_event($1, $2, $3)",
+        &[&tenant_id, &provider.as_str(), &event.occurred_at],
+    )
+    .await?
+    .get(0);
     if !current {
         return Ok(Outcome::Ignored {
             why: "older than the last subscription event applied",
@@ -122,7 +122,7 @@ async fn subscription_changed(
     }
     link(tx, &tenant_id, provider, &sub.customer.id, Some(&sub.id)).await?;
     let plan = if sub.standing == Standing::Canceled {
-        tx.query_opt("SELECT plan_id FROM tally.plans WHERE is_default", &[])
+        query_opt(tx, "SELECT plan_id FROM tally.plans WHERE is_default", &[])
             .await?
             .map(|row| row.get(0))
     } else {
@@ -135,7 +135,8 @@ async fn subscription_changed(
         Some(plan_id) => {
             // The provider has already charged for this plan: switch even if
             // usage is over its limits (further use is refused).
-            tx.execute(
+            execute(
+                tx,
                 "SELECT tally.change_plan(t.tenant_id, $2, force => true) FROM tally.tenants AS t
                   WHERE t.tenant_id = $1 AND t.plan_id <> $2",
                 &[&tenant_id, &plan_id],
@@ -155,7 +156,8 @@ async fn subscription_changed(
         }
     }
     if let (Some((start, end)), false) = (sub.period, sub.standing == Standing::Canceled) {
-        tx.execute(
+        execute(
+            tx,
             "SELECT tally.start_period($1, $2, $3)",
             &[&tenant_id, &start, &end],
         )
@@ -176,13 +178,13 @@ fn not_linked(provider: Provider, customer: &Customer) -> Outcome {
 }
 
 async fn tenant_exists(tx: &Transaction<'_>, tenant_id: &str) -> Result<bool, Error> {
-    Ok(tx
-        .query_opt(
-            "SELECT FROM tally.tenants WHERE tenant_id = $1",
-            &[&tenant_id],
-        )
-        .await?
-        .is_some())
+    Ok(query_opt(
+        tx,
+        "SELECT FROM tally.tenants WHERE tenant_id = $1",
+        &[&tenant_id],
+    )
+    .await?
+    .is_some())
 }
 
 /// The tenant a customer is linked to; or, when the checkout named a tenant
@@ -197,7 +199,7 @@ async fn tenant_of(
         Provider::Stripe => "SELECT tenant_id FROM tally.tenants WHERE stripe_customer_id = $1",
         Provider::Paddle => "SELECT tenant_id FROM tally.tenants WHERE paddle_customer_id = $1",
     };
-    if let Some(row) = tx.query_opt(sql, &[&customer.id]).await? {
+    if let Some(row) = query_opt(tx, sql, &[&customer.id]).await? {
         return Ok(Some(row.get(0)));
     }
     match &customer.tenant_hint {
@@ -216,7 +218,8 @@ async fn link(
     customer_id: &str,
     subscription_id: Option<&str>,
 ) -> Result<(), Error> {
-    tx.execute(
+    execute(
+        tx,
         "SELECT tally.link_provider_customer($1, $2, $3, $4)",
         &[
             &tenant_id,
@@ -238,7 +241,9 @@ async fn plan_for_price(
         Provider::Stripe => "SELECT plan_id FROM tally.plans WHERE stripe_price_id = $1",
         Provider::Paddle => "SELECT plan_id FROM tally.plans WHERE paddle_price_id = $1",
     };
-    Ok(tx.query_opt(sql, &[&price_id]).await?.map(|row| row.get(0)))
+    Ok(query_opt(tx, sql, &[&price_id])
+        .await?
+        .map(|row| row.get(0)))
 }
 
 async fn set_status(
@@ -246,10 +251,41 @@ async fn set_status(
     tenant_id: &str,
     standing: Standing,
 ) -> Result<(), Error> {
-    tx.execute(
+    execute(
+        tx,
         "SELECT tally.set_tenant_status($1, $2)",
         &[&tenant_id, &standing.as_str()],
     )
     .await?;
     Ok(())
+}
+
+// Every statement here is prepared once per connection and reused: an event
+// costs one round trip per statement and no planning.
+
+async fn execute(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.execute(&statement, params).await
+}
+
+async fn query_one(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row, Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.query_one(&statement, params).await
+}
+
+async fn query_opt(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.query_opt(&statement, params).await
 }

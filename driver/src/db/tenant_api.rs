@@ -101,12 +101,14 @@ pub async fn usage(
         .read_only(true)
         .start()
         .await?;
-    let metrics = transaction
-        .query(
+    let summary = transaction
+        .prepare_cached(
             "SELECT metric, kind, used, max_units, remaining, period_start, period_end
                FROM tally.usage_summary($1)",
-            &[&tenant_id],
         )
+        .await?;
+    let metrics = transaction
+        .query(&summary, &[&tenant_id])
         .await?
         .iter()
         .map(|row| MetricUsage {
@@ -119,12 +121,10 @@ pub async fn usage(
             period_end: row.get(6),
         })
         .collect();
-    let tenant = transaction
-        .query_one(
-            "SELECT plan_id, status FROM tally.tenants WHERE tenant_id = $1",
-            &[&tenant_id],
-        )
+    let plan = transaction
+        .prepare_cached("SELECT plan_id, status FROM tally.tenants WHERE tenant_id = $1")
         .await?;
+    let tenant = transaction.query_one(&plan, &[&tenant_id]).await?;
     transaction.commit().await?;
     Ok(Usage {
         tenant_id: tenant_id.to_string(),
