@@ -7,9 +7,10 @@
 //! committed count once the lock is granted. N racing callers are therefore
 //! admitted exactly as far as the limit allows. A refusal is answered from the
 //! same row. An allowed increment of a billed metric also writes a usage
-//! report, in the same transaction. Everything else (first use, a new period, a copy cleared by a
-//! configuration change) takes the slow path: lock the counter, read the
-//! configuration fresh, let [`rules::increment`] decide, and refresh the copy.
+//! report, in the same transaction. Everything else (first use, a new
+//! period, a copy cleared by a configuration change) takes the slow path:
+//! lock the counter, read the configuration fresh, let [`rules::increment`]
+//! decide, and refresh the copy.
 
 use pgrx::datum::DatumWithOid;
 use pgrx::heap_tuple::PgHeapTuple;
