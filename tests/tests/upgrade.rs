@@ -172,3 +172,30 @@ fn the_library_asks_for_an_update_of_an_older_schema() {
         .unwrap()
         .contains("ALTER EXTENSION tally UPDATE"));
 }
+
+#[test]
+fn one_session_keeps_working_when_the_extension_is_dropped_and_created_again() {
+    let db = TestDb::create();
+    let mut client = db.connect();
+    client
+        .batch_execute("INSERT INTO tally.tenants (tenant_id) VALUES ('acme')")
+        .unwrap();
+    // Kept plans and the result type's OID are now cached in this backend.
+    assert_eq!(check(&mut client, "acme", "messages", 3, Some("k")).used, 3);
+    client
+        .batch_execute(&format!(
+            "DROP EXTENSION tally CASCADE; CREATE EXTENSION tally; {FIXTURE}
+             INSERT INTO tally.tenants (tenant_id) VALUES ('acme');"
+        ))
+        .unwrap();
+    // New tables and a new type with new OIDs: the same backend finds them.
+    assert_eq!(check(&mut client, "acme", "messages", 2, Some("k")).used, 2);
+    let validated: bool = client
+        .query_one(
+            "SELECT valid FROM tally.validate_plan_change('acme', 'starter')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(validated);
+}
