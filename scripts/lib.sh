@@ -88,13 +88,18 @@ install_extension() {
     install_released_scripts
 }
 
+# The extension's version, as the code declares it.
+extension_version() {
+    sed -n 's/^version = "\(.*\)"/\1/p' "$TALLY_ROOT/extension/Cargo.toml"
+}
+
 # Earlier versions' install scripts, so `CREATE EXTENSION tally VERSION '…'`
 # and the upgrade test can start from a released version. The current
 # version's script is the one cargo pgrx generated from the code.
 install_released_scripts() {
     local extdir current script
     extdir=$("$PG_CONFIG" --sharedir)/extension
-    current=$(sed -n 's/^version = "\(.*\)"/\1/p' "$TALLY_ROOT/extension/Cargo.toml")
+    current=$(extension_version)
     for script in "$TALLY_ROOT"/sql/released/tally--*.sql; do
         if [ "$(basename "$script")" != "tally--$current.sql" ]; then as_root cp "$script" "$extdir"/; fi
     done

@@ -69,7 +69,7 @@ TALLY_TEST_DATABASE_URL=$(cluster_url "$port")
 suite integration cargo test --locked -p tally-tests
 # Again on databases that installed each earlier released version and
 # upgraded it.
-current=$(sed -n 's/^version = "\(.*\)"/\1/p' extension/Cargo.toml)
+current=$(extension_version)
 for script in sql/released/tally--*.sql; do
     version=${script#sql/released/tally--}
     version=${version%.sql}
