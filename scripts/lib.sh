@@ -88,9 +88,11 @@ install_extension() {
     install_released_scripts
 }
 
-# The extension's version, as the code declares it.
+# The extension's version, as the code declares it: the workspace's one
+# version, asked of cargo rather than parsed by hand.
 extension_version() {
-    sed -n 's/^version = "\(.*\)"/\1/p' "$TALLY_ROOT/extension/Cargo.toml"
+    (cd "$TALLY_ROOT" && cargo metadata --no-deps --format-version 1) |
+        python3 -c 'import json, sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "tally"))'
 }
 
 # Earlier versions' install scripts, so `CREATE EXTENSION tally VERSION '…'`

@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::signature::Secrets;
 
-/// The extension version this build of tallyd speaks to.
-pub const EXTENSION_VERSION: &str = "0.4.0";
+/// The extension version this build of tallyd speaks to: the workspace has
+/// one version, so it is this crate's own.
+pub const EXTENSION_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How `serve` runs. Secrets and the database URL never print.
 #[derive(Clone)]

@@ -4,7 +4,7 @@
 
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 
-use crate::errors::{empty_argument, invalid_argument, null_argument, Failure};
+use crate::errors::{self, empty_argument, null_argument, Failure};
 use crate::rules::Micros;
 
 /// Stripe accepts idempotency keys of up to 255 characters; tally keeps the
@@ -24,9 +24,7 @@ pub fn id<'a>(name: &str, value: Option<&'a str>) -> Result<&'a str, Failure> {
 pub fn units(value: Option<i64>) -> Result<i64, Failure> {
     match value {
         None => Err(null_argument("units")),
-        Some(units) if units <= 0 => Err(invalid_argument("units must be positive")
-            .detail(format!("units = {units}"))
-            .hint("pass a positive number of units; give units back with tally.decrement_usage")),
+        Some(units) if units <= 0 => Err(errors::units_not_positive(units)),
         Some(units) => Ok(units),
     }
 }
@@ -35,16 +33,10 @@ pub fn units(value: Option<i64>) -> Result<i64, Failure> {
 /// key is a mistake.
 pub fn idempotency_key(value: Option<&str>) -> Result<Option<&str>, Failure> {
     match value {
-        Some("") => Err(empty_argument("idempotency_key")
-            .hint("pass NULL for a call without a key, or a unique key per logical request")),
-        Some(key) if key.len() > MAX_IDEMPOTENCY_KEY_BYTES => {
-            Err(invalid_argument("idempotency_key is too long")
-                .detail(format!(
-                    "{} bytes, at most {MAX_IDEMPOTENCY_KEY_BYTES}",
-                    key.len()
-                ))
-                .hint("use a shorter key, such as a UUID or a hash of the request"))
-        }
+        Some("") => Err(errors::empty_idempotency_key()),
+        Some(key) if key.len() > MAX_IDEMPOTENCY_KEY_BYTES => Err(
+            errors::idempotency_key_too_long(key.len(), MAX_IDEMPOTENCY_KEY_BYTES),
+        ),
         key => Ok(key),
     }
 }
@@ -53,9 +45,7 @@ pub fn idempotency_key(value: Option<&str>) -> Result<Option<&str>, Failure> {
 pub fn count(name: &str, value: Option<i64>) -> Result<i64, Failure> {
     match value {
         None => Err(null_argument(name)),
-        Some(count) if count < 0 => Err(invalid_argument(format!("{name} must not be negative"))
-            .detail(format!("{name} = {count}"))
-            .hint(format!("pass the {name} count, 0 or more"))),
+        Some(count) if count < 0 => Err(errors::negative_count(name, count)),
         Some(count) => Ok(count),
     }
 }
@@ -64,9 +54,7 @@ pub fn count(name: &str, value: Option<i64>) -> Result<i64, Failure> {
 pub fn positive(name: &str, value: Option<i32>) -> Result<i32, Failure> {
     match value {
         None => Err(null_argument(name)),
-        Some(n) if n <= 0 => Err(invalid_argument(format!("{name} must be positive"))
-            .detail(format!("{name} = {n}"))
-            .hint(format!("pass a {name} of 1 or more"))),
+        Some(n) if n <= 0 => Err(errors::not_positive(name, n)),
         Some(n) => Ok(n),
     }
 }
@@ -75,11 +63,7 @@ pub fn positive(name: &str, value: Option<i32>) -> Result<i32, Failure> {
 pub fn positive_interval(name: &str, value: Interval) -> Result<i64, Failure> {
     match i64::try_from(value.as_micros()) {
         Ok(micros) if micros > 0 => Ok(micros),
-        _ => Err(
-            invalid_argument(format!("{name} must be a positive interval"))
-                .detail(format!("{name} = {value}"))
-                .hint(format!("pass a {name} such as '5 minutes'")),
-        ),
+        _ => Err(errors::interval_not_positive(name, value)),
     }
 }
 
@@ -88,47 +72,42 @@ pub fn period(
     start: Option<TimestampWithTimeZone>,
     end: Option<TimestampWithTimeZone>,
 ) -> Result<(Micros, Option<Micros>), Failure> {
-    let Some(start) = start.filter(|start| start.is_finite()) else {
-        return Err(match start {
-            None => null_argument("period_start"),
-            Some(_) => {
-                invalid_argument("billing period must be finite").hint("give real timestamps")
-            }
-        });
+    let shown = |at: Option<TimestampWithTimeZone>| at.map_or("NULL".to_string(), |at| at.to_string());
+    let not_finite = || errors::period_not_finite(None, &shown(start), &shown(end));
+    let Some(start_at) = start else {
+        return Err(null_argument("period_start"));
     };
-    let (start_micros, end_micros) = (start.into_inner(), end.map(|end| end.into_inner()));
-    match end {
-        Some(end) if !end.is_finite() => {
-            Err(invalid_argument("billing period must be finite").hint("give real timestamps"))
-        }
-        Some(end) if end.into_inner() <= start_micros => {
-            Err(invalid_argument("period_end must be after period_start")
-                .detail(format!("period {start} to {end}"))
-                .hint(
-                    "a billing period is [period_start, period_end): the end comes after the start",
-                ))
-        }
-        _ => Ok((start_micros, end_micros)),
+    if !start_at.is_finite() || end.is_some_and(|end| !end.is_finite()) {
+        return Err(not_finite());
     }
+    let (start_micros, end_micros) = (start_at.into_inner(), end.map(|end| end.into_inner()));
+    if end_micros.is_some_and(|end| end <= start_micros) {
+        return Err(errors::period_end_not_after_start(
+            None,
+            &shown(start),
+            &shown(end),
+        ));
+    }
+    Ok((start_micros, end_micros))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgrx::PgSqlErrorCode::*;
+    use crate::errors::SqlState::*;
 
     #[test]
     fn ids_must_be_present_and_non_empty() {
         assert_eq!(id("tenant_id", Some("acme")), Ok("acme"));
         assert_eq!(
-            id("tenant_id", None).unwrap_err().code,
-            ERRCODE_NULL_VALUE_NOT_ALLOWED
+            id("tenant_id", None).unwrap_err().state,
+            NullValueNotAllowed
         );
         let empty = id("tenant_id", Some("")).unwrap_err();
         assert_eq!(
-            (empty.code, empty.message.as_str()),
+            (empty.state, empty.message.as_str()),
             (
-                ERRCODE_INVALID_PARAMETER_VALUE,
+                InvalidParameterValue,
                 "tenant_id must not be empty"
             )
         );
@@ -139,12 +118,12 @@ mod tests {
         assert_eq!(units(Some(1)), Ok(1));
         assert_eq!(units(Some(i64::MAX)), Ok(i64::MAX));
         assert_eq!(
-            units(None).unwrap_err().code,
-            ERRCODE_NULL_VALUE_NOT_ALLOWED
+            units(None).unwrap_err().state,
+            NullValueNotAllowed
         );
         for bad in [0, -1, i64::MIN] {
             let failure = units(Some(bad)).unwrap_err();
-            assert_eq!(failure.code, ERRCODE_INVALID_PARAMETER_VALUE);
+            assert_eq!(failure.state, InvalidParameterValue);
             assert_eq!(failure.detail, Some(format!("units = {bad}")));
         }
     }
@@ -153,8 +132,8 @@ mod tests {
     fn counts_may_be_zero_but_not_negative() {
         assert_eq!(count("actual", Some(0)), Ok(0));
         assert_eq!(
-            count("actual", None).unwrap_err().code,
-            ERRCODE_NULL_VALUE_NOT_ALLOWED
+            count("actual", None).unwrap_err().state,
+            NullValueNotAllowed
         );
         assert_eq!(
             count("actual", Some(-1)).unwrap_err().message,
@@ -174,8 +153,8 @@ mod tests {
         assert!(idempotency_key(Some("")).is_err());
         let long = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES + 1);
         assert_eq!(
-            idempotency_key(Some(&long)).unwrap_err().code,
-            ERRCODE_INVALID_PARAMETER_VALUE
+            idempotency_key(Some(&long)).unwrap_err().state,
+            InvalidParameterValue
         );
         assert!(idempotency_key(Some(&long[1..])).is_ok());
     }

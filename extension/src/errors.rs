@@ -1,42 +1,36 @@
-//! Errors a caller can cause. Each carries a standard SQLSTATE, a stable
-//! lower-case message, the variable data in DETAIL and the remedy in HINT, so
-//! that a mistake never reaches a caller as `XX000`.
+//! Raising tally's errors. What each error says lives in one catalogue,
+//! [`tally_rules::errors`]: its SQLSTATE, stable message, DETAIL and HINT.
+//! This module turns a catalogue entry into a Postgres ERROR, so a caller's
+//! mistake never reaches a caller as `XX000`.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    pub code: PgSqlErrorCode,
-    pub message: String,
-    pub detail: Option<String>,
-    pub hint: Option<String>,
+pub use tally_rules::errors::*;
+
+fn error_code(state: SqlState) -> PgSqlErrorCode {
+    match state {
+        SqlState::InvalidParameterValue => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        SqlState::NullValueNotAllowed => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        SqlState::NumericValueOutOfRange => PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+        SqlState::NoDataFound => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+        SqlState::ObjectNotInPrerequisiteState => {
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+        }
+        SqlState::UniqueViolation => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+        SqlState::InternalError => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+    }
 }
 
-impl Failure {
-    fn new(code: PgSqlErrorCode, message: impl Into<String>) -> Failure {
-        Failure {
-            code,
-            message: message.into(),
-            detail: None,
-            hint: None,
-        }
-    }
+/// Raise a catalogue entry as a Postgres ERROR: the statement and everything
+/// it wrote are rolled back.
+pub trait Raise {
+    fn raise(self) -> !;
+}
 
-    pub fn detail(mut self, detail: impl Into<String>) -> Failure {
-        self.detail = Some(detail.into());
-        self
-    }
-
-    pub fn hint(mut self, hint: impl Into<String>) -> Failure {
-        self.hint = Some(hint.into());
-        self
-    }
-
-    /// Raise this as a Postgres ERROR: the statement and everything it wrote
-    /// are rolled back.
-    pub fn raise(self) -> ! {
-        let mut report = ErrorReport::new(self.code, self.message, "tally");
+impl Raise for Failure {
+    fn raise(self) -> ! {
+        let mut report = ErrorReport::new(error_code(self.state), self.message, "tally");
         if let Some(detail) = self.detail {
             report = report.set_detail(detail);
         }
@@ -59,93 +53,11 @@ impl<T> OrRaise<T> for Result<T, Failure> {
     }
 }
 
-pub fn null_argument(name: &str) -> Failure {
-    Failure::new(
-        PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-        format!("{name} must not be null"),
-    )
-    .hint(format!("pass a value for {name}"))
-}
-
-pub fn empty_argument(name: &str) -> Failure {
-    Failure::new(
-        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-        format!("{name} must not be empty"),
-    )
-    .hint(format!("pass a non-empty {name}"))
-}
-
-pub fn invalid_argument(message: impl Into<String>) -> Failure {
-    Failure::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message)
-}
-
-pub fn tenant_not_found(tenant_id: &str) -> Failure {
-    Failure::new(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, "tenant not found")
-        .detail(format!("no tenant has tenant_id {}", quoted(tenant_id)))
-        .hint("insert the tenant into tally.tenants first")
-}
-
-pub fn metric_not_found(metric: &str) -> Failure {
-    Failure::new(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, "metric not found")
-        .detail(format!("no metric is named {}", quoted(metric)))
-        .hint("declare the metric in tally.metrics first")
-}
-
-pub fn plan_not_found(plan_id: &str) -> Failure {
-    Failure::new(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, "plan not found")
-        .detail(format!("no plan has plan_id {}", quoted(plan_id)))
-        .hint("declare the plan in tally.plans first")
-}
-
-pub fn counter_out_of_range(tenant_id: &str, metric: &str, used: i64, units: i64) -> Failure {
-    Failure::new(
-        PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-        "usage counter out of range",
-    )
-    .detail(format!(
-        "tenant {}, metric {}: {used} used, adding {units} would pass the largest count, {}",
-        quoted(tenant_id),
-        quoted(metric),
-        i64::MAX
-    ))
-    .hint("reset or sync the counter, or give the metric a finite limit")
-}
-
-pub fn customer_linked_elsewhere(provider: &str, customer_id: &str, other_tenant: &str) -> Failure {
-    Failure::new(
-        PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
-        "customer already linked to another tenant",
-    )
-    .detail(format!(
-        "{provider} customer {} belongs to tenant {}",
-        quoted(customer_id),
-        quoted(other_tenant)
-    ))
-    .hint("one provider customer bills one tenant: unlink it from the other tenant first")
-}
-
-pub fn report_not_found(id: i64) -> Failure {
-    Failure::new(
-        PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
-        "usage report not found",
-    )
-    .detail(format!("no usage report has id {id}"))
-    .hint("list reports in tally.usage_reports")
-}
-
-pub fn plan_change_refused(message: &str) -> Failure {
-    Failure::new(
-        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        "plan change refused",
-    )
-    .detail(message)
-    .hint("free what the message names, or pass force => true to switch anyway")
-}
-
-/// An identifier as it is shown in DETAIL: quoted like a SQL literal, so an
-/// empty or odd id is still visible.
-fn quoted(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+/// A broken invariant inside tally: raised as XX000 so it is noticed and
+/// fixed.
+#[cold]
+pub fn bug(what: String) -> ! {
+    internal(what).raise()
 }
 
 #[cfg(test)]
@@ -153,27 +65,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_are_stable_and_data_goes_to_detail() {
-        let failure = tenant_not_found("o'brien");
-        assert_eq!(failure.code, PgSqlErrorCode::ERRCODE_NO_DATA_FOUND);
-        assert_eq!(failure.message, "tenant not found");
-        assert_eq!(
-            failure.detail.as_deref(),
-            Some("no tenant has tenant_id 'o''brien'")
-        );
-        assert!(failure.hint.is_some());
-    }
-
-    #[test]
-    fn null_and_empty_arguments_have_distinct_codes() {
-        assert_eq!(
-            null_argument("metric").code,
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED
-        );
-        assert_eq!(
-            empty_argument("metric").code,
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
-        );
-        assert_eq!(empty_argument("metric").message, "metric must not be empty");
+    fn every_catalogue_state_maps_to_its_postgres_code() {
+        for state in SqlState::ALL {
+            let code = error_code(state) as i32;
+            // Postgres packs the five characters six bits each, first lowest.
+            let unpacked: String = (0..5)
+                .map(|i| (((code >> (6 * i)) & 0x3F) as u8 + b'0') as char)
+                .collect();
+            assert_eq!(unpacked, state.code());
+        }
     }
 }

@@ -13,7 +13,7 @@ mod gucs;
 mod lifecycle;
 mod plan_change;
 mod reports;
-pub mod rules;
+pub use tally_rules as rules;
 mod spi;
 mod usage;
 

@@ -5,7 +5,7 @@
 use pgrx::prelude::*;
 
 use crate::args;
-use crate::errors::{self, OrRaise};
+use crate::errors::{self, OrRaise, Raise};
 use crate::rules::{self, Kind, Provider, TenantStatus};
 use crate::spi::{self, Statement, TEXT, TIMESTAMPTZ};
 use crate::usage::{self, load_tenant};
@@ -104,10 +104,7 @@ fn reset_usage(tenant_id: Option<&str>, metric: default!(Option<&str>, NULL)) ->
                 .and_then(|row| spi::get::<String>(&row, 1))
                 .unwrap_or_else(|| errors::metric_not_found(metric).raise());
             if Kind::parse(&kind) != Some(Kind::Consumable) {
-                errors::invalid_argument("reset_usage resets consumables only")
-                    .detail(format!("metric '{metric}' is an {kind}"))
-                    .hint("correct a standing count with tally.sync_usage or tally.decrement_usage")
-                    .raise()
+                errors::resets_consumables_only(metric, &kind).raise()
             }
         }
         let period = spi::timestamptz(Some(tenant.period.start));
@@ -189,10 +186,7 @@ fn set_tenant_status(tenant_id: Option<&str>, status: Option<&str>) -> bool {
     let tenant_id = args::id("tenant_id", tenant_id).or_raise();
     let status = args::id("status", status).or_raise();
     if TenantStatus::parse(status).is_none() {
-        errors::invalid_argument("unknown tenant status")
-            .detail(format!("status '{status}'"))
-            .hint(format!("status is one of {}", TenantStatus::NAMES))
-            .raise()
+        errors::unknown_tenant_status(None, Some(status)).raise()
     }
     Spi::connect_mut(|client| {
         if spi::first_row(client, &SET_STATUS, &[tenant_id.into(), status.into()]).is_some() {
@@ -222,10 +216,7 @@ fn link_provider_customer(
     let (owner, link) = match Provider::parse(provider_name) {
         Some(Provider::Stripe) => (&STRIPE_OWNER, &LINK_STRIPE),
         Some(Provider::Paddle) => (&PADDLE_OWNER, &LINK_PADDLE),
-        None => errors::invalid_argument("unknown provider")
-            .detail(format!("provider '{provider_name}'"))
-            .hint("provider is stripe or paddle")
-            .raise(),
+        None => errors::unknown_provider(provider_name).raise(),
     };
     Spi::connect_mut(|client| {
         let current_owner = spi::first_row(client, owner, &[customer_id.into()])

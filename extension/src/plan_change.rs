@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::args;
 use crate::composite;
-use crate::errors::{self, OrRaise};
+use crate::errors::{self, OrRaise, Raise};
 use crate::rules::{self, Counter, Limit, MetricUse, PlanCheck};
 use crate::spi::{self, Statement, TEXT};
 use crate::usage::{load_tenant, stored_kind, Tenant};

@@ -11,7 +11,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::args;
-use crate::errors::{self, OrRaise};
+use crate::errors::{self, OrRaise, Raise};
 use crate::gucs;
 use crate::rules::{self, AfterFailure, Backoff};
 use crate::spi::{self, Statement, INT4, INT8, INTERVAL, TEXT};
@@ -154,7 +154,7 @@ fn complete_usage_report(id: Option<i64>) {
         if spi::first_row(client, &COMPLETE, &[id.into()]).is_none()
             && spi::first_row(client, &REPORT_EXISTS, &[id.into()]).is_none()
         {
-            errors::report_not_found(id).raise()
+            errors::report_not_found(&[id]).raise()
         }
     })
 }
@@ -205,7 +205,7 @@ fn record_failure(
     let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
     Spi::connect_mut(|client| {
         let Some(report) = spi::first_row(client, &LOCK_REPORT, &[id.into()]) else {
-            errors::report_not_found(id).raise()
+            errors::report_not_found(&[id]).raise()
         };
         if spi::get::<String>(&report, 1).as_deref() != Some("pending") {
             return;

@@ -13,9 +13,8 @@ use std::rc::Rc;
 use pgrx::datum::{DatumWithOid, FromDatum, IntoDatum, TimestampWithTimeZone};
 use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
-use pgrx::PgSqlErrorCode;
 
-use crate::errors::Failure;
+use crate::errors::{self, Raise};
 use crate::rules::Micros;
 
 pub const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
@@ -51,15 +50,7 @@ fn check_schema_version(client: &SpiClient<'_>) {
         .and_then(|mut table| table.next())
         .and_then(|row| row.get::<String>(1).ok().flatten());
     if let Some(installed) = installed.filter(|installed| installed != LIBRARY) {
-        Failure {
-            code: PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            message: "tally needs an update".into(),
-            detail: Some(format!(
-                "the installed library is tally {LIBRARY}, this database has tally {installed}"
-            )),
-            hint: Some("run ALTER EXTENSION tally UPDATE (or tallyd migrate)".into()),
-        }
-        .raise()
+        errors::needs_update(LIBRARY, &installed).raise()
     }
 }
 
@@ -126,15 +117,4 @@ pub fn now() -> Micros {
     unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
 }
 
-/// A broken invariant inside tally, not a caller's mistake: reported as
-/// XX000 so it is noticed and fixed.
-#[cold]
-pub fn bug(what: String) -> ! {
-    Failure {
-        code: PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-        message: "tally internal error".into(),
-        detail: Some(what),
-        hint: Some("please report this with the statement that caused it".into()),
-    }
-    .raise()
-}
+pub use crate::errors::bug;

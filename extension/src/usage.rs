@@ -20,7 +20,7 @@ use pgrx::AllocatedByRust;
 
 use crate::args;
 use crate::composite;
-use crate::errors::{self, OrRaise};
+use crate::errors::{self, OrRaise, Raise};
 use crate::rules::{self, Counter, Kind, Limit, Micros, Outcome, Period, Reason};
 use crate::spi::{self, Statement, BOOL, INT8, TEXT, TIMESTAMPTZ};
 

@@ -46,10 +46,8 @@ const DESCRIBE_SCHEMA: &str = "
 
 /// Versions released before this one.
 fn released_versions() -> Vec<String> {
-    let current = include_str!("../../extension/Cargo.toml")
-        .lines()
-        .find_map(|line| line.strip_prefix("version = \"")?.strip_suffix('"'))
-        .expect("the extension's version");
+    // One version for the workspace: this crate's is the extension's.
+    let current = env!("CARGO_PKG_VERSION");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/released");
     let mut versions: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))

@@ -4,9 +4,12 @@
 //!
 //! Nothing here touches Postgres. The SQL functions load state under a row
 //! lock, ask these functions what to do, and write the answer back, so every
-//! rule is table-tested in memory and exercised end to end.
+//! rule is table-tested in memory and exercised end to end. The extension
+//! and tallyd both build on this crate, so a kind, a status, a provider or an
+//! error means the same thing on both sides of the SQL API.
 
 mod counter;
+pub mod errors;
 mod lifecycle;
 mod period;
 mod plan;
