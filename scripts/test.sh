@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set this machine up (Postgres 15 and its headers, cargo-pgrx) and run every
-# check and test of tally: formatting, clippy, the extension's unit tests and
-# #[pg_test]s, and the integration tests against a local cluster. Ends with a
-# summary of every suite; exits non-zero if anything failed.
+# check and test of tally: formatting, clippy, the rules crate's tests (no
+# Postgres), the extension's unit tests and #[pg_test]s, the guards of
+# released SQL, and the integration tests against a local cluster. Ends with
+# a summary of every suite; exits non-zero if anything failed.
 #
 # Usage: scripts/test.sh          (as root, or a user with sudo)
 source "$(dirname "$0")/lib.sh"
@@ -49,6 +50,7 @@ cd "$TALLY_ROOT"
 
 suite fmt cargo fmt --all --check
 suite clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+suite rules cargo test --locked -p tally-rules
 
 # The extension's unit tests and #[pg_test]s, in a throwaway cluster that
 # cargo-pgrx starts as the postgres user.
@@ -57,6 +59,12 @@ mkdir -p "$pgrx_data" && chown postgres: "$pgrx_data" && chmod 1777 "$TALLY_RUN_
 suite extension bash -c "cd extension && cargo pgrx test pg$PG_MAJOR --runas postgres --pgdata '$pgrx_data'"
 
 suite driver cargo test --locked -p tallyd
+
+# Released SQL never changes, and the current version's kept install script
+# is what the code generates.
+current=$(extension_version)
+suite released bash -c "cd extension && cargo pgrx schema pg$PG_MAJOR --out '$log_dir/generated.sql' >/dev/null &&
+    python3 ../scripts/check_released.py '$current' '$log_dir/generated.sql'"
 
 # Integration tests against a cluster of our own with the extension
 # installed, and the tallyd binary built for the tests that run it.
@@ -69,7 +77,6 @@ TALLY_TEST_DATABASE_URL=$(cluster_url "$port")
 suite integration cargo test --locked -p tally-tests
 # Again on databases that installed each earlier released version and
 # upgraded it.
-current=$(extension_version)
 for script in sql/released/tally--*.sql; do
     version=${script#sql/released/tally--}
     version=${version%.sql}

@@ -72,7 +72,8 @@ pub fn period(
     start: Option<TimestampWithTimeZone>,
     end: Option<TimestampWithTimeZone>,
 ) -> Result<(Micros, Option<Micros>), Failure> {
-    let shown = |at: Option<TimestampWithTimeZone>| at.map_or("NULL".to_string(), |at| at.to_string());
+    let shown =
+        |at: Option<TimestampWithTimeZone>| at.map_or("NULL".to_string(), |at| at.to_string());
     let not_finite = || errors::period_not_finite(None, &shown(start), &shown(end));
     let Some(start_at) = start else {
         return Err(null_argument("period_start"));
@@ -106,10 +107,7 @@ mod tests {
         let empty = id("tenant_id", Some("")).unwrap_err();
         assert_eq!(
             (empty.state, empty.message.as_str()),
-            (
-                InvalidParameterValue,
-                "tenant_id must not be empty"
-            )
+            (InvalidParameterValue, "tenant_id must not be empty")
         );
     }
 
@@ -117,10 +115,7 @@ mod tests {
     fn units_must_be_positive() {
         assert_eq!(units(Some(1)), Ok(1));
         assert_eq!(units(Some(i64::MAX)), Ok(i64::MAX));
-        assert_eq!(
-            units(None).unwrap_err().state,
-            NullValueNotAllowed
-        );
+        assert_eq!(units(None).unwrap_err().state, NullValueNotAllowed);
         for bad in [0, -1, i64::MIN] {
             let failure = units(Some(bad)).unwrap_err();
             assert_eq!(failure.state, InvalidParameterValue);

@@ -25,6 +25,14 @@ const DAY_MS: i32 = 86_400_000;
 
 /// Called once per backend from `_PG_init`.
 pub fn register() {
+    define();
+    // A mistyped `tally.*` setting is an error rather than a silent no-op
+    // (placeholders already set under the prefix are reported as warnings).
+    // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"tally".as_ptr()) };
+}
+
+fn define() {
     GucRegistry::define_int_guc(
         c"tally.report_max_attempts",
         c"Claims of a usage report before it is marked failed.",

@@ -1,44 +1,51 @@
 //! tally: usage metering and quota enforcement that cannot be raced.
 //!
-//! The schema (`sql/schema/*.sql`) holds the configuration, the counters,
-//! provider events, the usage-report queue and tallyd's API keys; the
-//! functions here enforce the rules of [`rules`] under row locks.
+//! Where code goes. SQL files (`sql/schema/`, by domain) own data: tables,
+//! constraints, indexes, the configuration tables' checks that must fire on
+//! plain-SQL writes, and one-statement functions that validate nothing.
+//! Every function that validates arguments, raises or decides is a thin
+//! `#[pg_extern]` here: it checks its arguments ([`args`]), runs kept
+//! statements ([`spi`]) under row locks, asks the rules ([`rules`], the
+//! `tally-rules` crate) what to do, and raises errors from the one
+//! catalogue (`tally_rules::errors`).
 
 use pgrx::prelude::*;
 
 mod args;
+mod cleanup;
 mod composite;
 mod errors;
+mod events;
 mod gucs;
 mod lifecycle;
 mod plan_change;
 mod reports;
 pub use tally_rules as rules;
 mod spi;
+mod upgrade;
 mod usage;
 
 ::pgrx::pg_module_magic!(name, version);
 
+// The schema, by domain; `requires` names what each file's objects use.
+// (`extension/sql` links to the top-level `sql/` because `cargo pgrx
+// install` copies upgrade scripts from `./sql` of the crate it builds.)
 extension_sql_file!("../../sql/schema/config.sql", name = "config", bootstrap);
 extension_sql_file!(
-    "../../sql/schema/usage.sql",
-    name = "usage",
+    "../../sql/schema/counters.sql",
+    name = "counters",
     requires = ["config"]
 );
+extension_sql_file!("../../sql/schema/events.sql", name = "events");
 extension_sql_file!(
-    "../../sql/schema/billing.sql",
-    name = "billing",
-    requires = ["usage"]
+    "../../sql/schema/reports.sql",
+    name = "reports",
+    requires = ["counters"]
 );
 extension_sql_file!(
-    "../../sql/schema/daemon.sql",
-    name = "daemon",
-    requires = ["billing"]
-);
-extension_sql_file!(
-    "../../sql/schema/worker.sql",
-    name = "worker",
-    requires = ["daemon"]
+    "../../sql/schema/api_keys.sql",
+    name = "api_keys",
+    requires = ["config"]
 );
 
 #[pg_guard]

@@ -7,7 +7,9 @@ use pgrx::prelude::*;
 use crate::args;
 use crate::errors::{self, OrRaise, Raise};
 use crate::rules::{self, Kind, Provider, TenantStatus};
-use crate::spi::{self, Statement, TEXT, TIMESTAMPTZ};
+use pgrx::spi::SpiClient;
+
+use crate::spi::{self, Statement, TEXT, TEXT_ARRAY, TIMESTAMPTZ};
 use crate::usage::{self, load_tenant};
 
 static METRIC_KIND: Statement = Statement {
@@ -15,15 +17,18 @@ static METRIC_KIND: Statement = Statement {
     params: &[TEXT],
 };
 
-/// Consumable counters of a tenant (or one of them, `$2`) back to 0 in the
+static CONSUMABLES: Statement = Statement {
+    sql: "SELECT metric FROM tally.metrics WHERE kind = 'consumable'",
+    params: &[],
+};
+
+/// A tenant's counters of the metrics `$2` (consumables) back to 0 in the
 /// period starting at `$3`.
 static RESET_CONSUMABLES: Statement = Statement {
-    sql: "UPDATE tally.usage_counters AS c SET used = 0, period_start = $3
-            FROM tally.metrics AS m
-           WHERE c.tenant_id = $1 AND m.metric = c.metric AND m.kind = 'consumable'
-             AND ($2::text IS NULL OR c.metric = $2)
-             AND (c.used <> 0 OR c.period_start IS DISTINCT FROM $3)",
-    params: &[TEXT, TEXT, TIMESTAMPTZ],
+    sql: "UPDATE tally.usage_counters SET used = 0, period_start = $3
+           WHERE tenant_id = $1 AND metric = ANY ($2)
+             AND (used <> 0 OR period_start IS DISTINCT FROM $3)",
+    params: &[TEXT, TEXT_ARRAY, TIMESTAMPTZ],
 };
 
 static LOCK_TENANT_PERIOD: Statement = Statement {
@@ -37,24 +42,22 @@ static SET_PERIOD: Statement = Statement {
     params: &[TEXT, TIMESTAMPTZ, TIMESTAMPTZ],
 };
 
-/// Every consumable starts the new period at 0, whatever period it was
-/// counted in (a tenant's first stored period may start before the calendar
-/// month its counts were kept in).
+/// Every consumable (`$3`) starts the new period at 0, whatever period it
+/// was counted in (a tenant's first stored period may start before the
+/// calendar month its counts were kept in).
 static RESET_FOR_PERIOD: Statement = Statement {
-    sql: "UPDATE tally.usage_counters AS c SET used = 0, period_start = $2
-            FROM tally.metrics AS m
-           WHERE c.tenant_id = $1 AND m.metric = c.metric AND m.kind = 'consumable'",
-    params: &[TEXT, TIMESTAMPTZ],
+    sql: "UPDATE tally.usage_counters SET used = 0, period_start = $2
+           WHERE tenant_id = $1 AND metric = ANY ($3)",
+    params: &[TEXT, TIMESTAMPTZ, TEXT_ARRAY],
 };
 
-/// A counter for any metric, in the plan or not: a sync records what is.
-static ENSURE_ANY_COUNTER: Statement = Statement {
-    sql: "INSERT INTO tally.usage_counters (tenant_id, metric)
-          SELECT t.tenant_id, m.metric FROM tally.tenants AS t, tally.metrics AS m
-           WHERE t.tenant_id = $1 AND m.metric = $2
-              ON CONFLICT (tenant_id, metric) DO NOTHING",
-    params: &[TEXT, TEXT],
-};
+/// The consumable metrics (a configuration read, kept apart from the tenant
+/// tables' statements).
+fn consumables(client: &mut SpiClient<'_>) -> Vec<String> {
+    spi::run(client, &CONSUMABLES, &[])
+        .filter_map(|row| spi::get::<String>(&row, 1))
+        .collect()
+}
 
 static SET_STATUS: Statement = Statement {
     sql:
@@ -67,14 +70,11 @@ static TENANT_EXISTS: Statement = Statement {
     params: &[TEXT],
 };
 
-static STRIPE_OWNER: Statement = Statement {
-    sql: "SELECT tenant_id FROM tally.tenants WHERE stripe_customer_id = $1",
-    params: &[TEXT],
-};
-
-static PADDLE_OWNER: Statement = Statement {
-    sql: "SELECT tenant_id FROM tally.tenants WHERE paddle_customer_id = $1",
-    params: &[TEXT],
+/// The tenant a provider's customer is linked to.
+static CUSTOMER_OWNER: Statement = Statement {
+    sql: "SELECT tenant_id FROM tally.provider_links
+           WHERE provider = $1 AND object = 'customer' AND object_id = $2",
+    params: &[TEXT, TEXT],
 };
 
 static LINK_STRIPE: Statement = Statement {
@@ -107,11 +107,15 @@ fn reset_usage(tenant_id: Option<&str>, metric: default!(Option<&str>, NULL)) ->
                 errors::resets_consumables_only(metric, &kind).raise()
             }
         }
+        let metrics = match metric {
+            Some(metric) => vec![metric.to_string()],
+            None => consumables(client),
+        };
         let period = spi::timestamptz(Some(tenant.period.start));
         spi::run(
             client,
             &RESET_CONSUMABLES,
-            &[tenant_id.into(), metric.into(), period],
+            &[tenant_id.into(), metrics.into(), period],
         )
         .len() as i64
     })
@@ -141,10 +145,15 @@ fn start_period(
             spi::timestamptz(end),
         ];
         spi::run(client, &SET_PERIOD, &args);
+        let metrics = consumables(client);
         spi::run(
             client,
             &RESET_FOR_PERIOD,
-            &[tenant_id.into(), spi::timestamptz(Some(start))],
+            &[
+                tenant_id.into(),
+                spi::timestamptz(Some(start)),
+                metrics.into(),
+            ],
         );
         true
     })
@@ -159,13 +168,14 @@ fn sync_usage(tenant_id: Option<&str>, metric: Option<&str>, actual: Option<i64>
     let metric = args::id("metric", metric).or_raise();
     let actual = args::count("actual", actual).or_raise();
     Spi::connect_mut(|client| {
+        // A counter for any metric, in the plan or not: a sync records what is.
+        let context = usage::load_context(client, tenant_id, metric);
         spi::run(
             client,
-            &ENSURE_ANY_COUNTER,
+            &usage::ENSURE_COUNTER,
             &[tenant_id.into(), metric.into()],
         );
         let stored = usage::lock_count(client, tenant_id, metric);
-        let context = usage::load_context(client, tenant_id, metric);
         let previous = rules::current_count(context.kind, stored, context.period.start);
         let synced = rules::Counter {
             used: actual,
@@ -200,7 +210,9 @@ fn set_tenant_status(tenant_id: Option<&str>, status: Option<&str>) -> bool {
 }
 
 /// Link a billing provider's customer (and subscription) to a tenant, so
-/// that the provider's events find it.
+/// that the provider's events find it. A customer or subscription linked to
+/// another tenant is refused (23505; the tenants trigger that keeps
+/// `tally.provider_links` reports a subscription).
 #[pg_extern]
 fn link_provider_customer(
     tenant_id: Option<&str>,
@@ -213,14 +225,18 @@ fn link_provider_customer(
     let customer_id = args::id("customer_id", customer_id).or_raise();
     let subscription_id =
         subscription_id.map(|id| args::id("subscription_id", Some(id)).or_raise());
-    let (owner, link) = match Provider::parse(provider_name) {
-        Some(Provider::Stripe) => (&STRIPE_OWNER, &LINK_STRIPE),
-        Some(Provider::Paddle) => (&PADDLE_OWNER, &LINK_PADDLE),
+    let link = match Provider::parse(provider_name) {
+        Some(Provider::Stripe) => &LINK_STRIPE,
+        Some(Provider::Paddle) => &LINK_PADDLE,
         None => errors::unknown_provider(provider_name).raise(),
     };
     Spi::connect_mut(|client| {
-        let current_owner = spi::first_row(client, owner, &[customer_id.into()])
-            .and_then(|row| spi::get::<String>(&row, 1));
+        let current_owner = spi::first_row(
+            client,
+            &CUSTOMER_OWNER,
+            &[provider_name.into(), customer_id.into()],
+        )
+        .and_then(|row| spi::get::<String>(&row, 1));
         if let Some(other) = current_owner.filter(|other| other != tenant_id) {
             errors::customer_linked_elsewhere(provider_name, customer_id, &other).raise()
         }

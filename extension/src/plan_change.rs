@@ -10,33 +10,24 @@
 
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
-use pgrx::spi::{SpiClient, SpiTupleTable};
+use std::collections::HashMap;
+
+use pgrx::spi::SpiClient;
 use pgrx::{AllocatedByRust, JsonB};
 use serde_json::json;
 
 use crate::args;
 use crate::composite;
 use crate::errors::{self, OrRaise, Raise};
-use crate::rules::{self, Counter, Limit, MetricUse, PlanCheck};
-use crate::spi::{self, Statement, TEXT};
-use crate::usage::{load_tenant, stored_kind, Tenant};
+use crate::rules::{self, Limit, MetricUse, PlanCheck};
+use crate::spi::{self, Statement, TEXT, TEXT_ARRAY};
+use crate::usage::{load_tenant, plan_metrics, tenant_counters, MetricConfig, Tenant};
 
 const PLAN_CHECK: &str = "tally.plan_check";
 
 static PLAN_EXISTS: Statement = Statement {
     sql: "SELECT true FROM tally.plans WHERE plan_id = $1",
     params: &[TEXT],
-};
-
-/// The tenant's counters against the new plan's limits.
-static COUNTERS_AGAINST_PLAN: Statement = Statement {
-    sql: "SELECT c.metric, m.kind, c.used, c.period_start, l.plan_id IS NOT NULL, l.max_units
-            FROM tally.usage_counters AS c
-            JOIN tally.metrics AS m ON m.metric = c.metric
-            LEFT JOIN tally.plan_limits AS l ON l.plan_id = $2 AND l.metric = c.metric
-           WHERE c.tenant_id = $1
-           ORDER BY c.metric",
-    params: &[TEXT, TEXT],
 };
 
 static LOCK_TENANT: Statement = Statement {
@@ -54,12 +45,11 @@ static LOCK_COUNTERS: Statement = Statement {
     params: &[TEXT],
 };
 
-/// Zero counters of metrics the new plan lacks say nothing: drop them.
+/// Zero counters of metrics the new plan lacks say nothing: drop them
+/// (`$2`: the metrics the new plan lacks).
 static DROP_UNUSED_COUNTERS: Statement = Statement {
-    sql: "DELETE FROM tally.usage_counters AS c
-           WHERE c.tenant_id = $1 AND c.used = 0
-             AND NOT EXISTS (SELECT FROM tally.plan_limits AS l WHERE l.plan_id = $2 AND l.metric = c.metric)",
-    params: &[TEXT, TEXT],
+    sql: "DELETE FROM tally.usage_counters WHERE tenant_id = $1 AND used = 0 AND metric = ANY ($2)",
+    params: &[TEXT, TEXT_ARRAY],
 };
 
 /// The switch; the tenants trigger clears the counters' copies of the limits.
@@ -74,21 +64,30 @@ fn require_plan(client: &mut SpiClient<'_>, plan_id: &str) {
     }
 }
 
-fn metric_uses(table: SpiTupleTable<'_>, tenant: &Tenant) -> Vec<MetricUse> {
-    table
-        .map(|row| {
-            let metric: String = spi::get(&row, 1).unwrap_or_default();
-            let kind_name: String = spi::get(&row, 2).unwrap_or_default();
-            let kind = stored_kind(&metric, &kind_name);
-            let stored = Counter {
-                used: spi::get(&row, 3).unwrap_or(0),
-                period_start: spi::get_micros(&row, 4),
-            };
+/// The tenant's counters, ordered by metric, against the new plan's limits.
+fn metric_uses(
+    client: &mut SpiClient<'_>,
+    tenant_id: &str,
+    tenant: &Tenant,
+    new_plan_id: &str,
+) -> Vec<MetricUse> {
+    let mut counters: Vec<_> = tenant_counters(client, tenant_id).into_iter().collect();
+    counters.sort_by(|a, b| a.0.cmp(&b.0));
+    let configs: HashMap<String, MetricConfig> = plan_metrics(client, new_plan_id)
+        .into_iter()
+        .map(|config| (config.metric.clone(), config))
+        .collect();
+    counters
+        .into_iter()
+        .map(|(metric, stored)| {
+            let config = configs
+                .get(&metric)
+                .unwrap_or_else(|| spi::bug(format!("counter of unknown metric {metric}")));
             MetricUse {
-                used: rules::current_count(kind, Some(stored), tenant.period.start).used,
-                new_limit: Limit::from_row(spi::get(&row, 5).unwrap_or(false), spi::get(&row, 6)),
+                used: rules::current_count(config.kind, Some(stored), tenant.period.start).used,
+                new_limit: config.limit,
+                kind: config.kind,
                 metric,
-                kind,
             }
         })
         .collect()
@@ -100,12 +99,7 @@ fn check(
     tenant: &Tenant,
     new_plan_id: &str,
 ) -> PlanCheck {
-    let table = spi::run(
-        client,
-        &COUNTERS_AGAINST_PLAN,
-        &[tenant_id.into(), new_plan_id.into()],
-    );
-    let uses = metric_uses(table, tenant);
+    let uses = metric_uses(client, tenant_id, tenant, new_plan_id);
     rules::check_plan_change(tenant_id, &tenant.plan_id, new_plan_id, &uses)
 }
 
@@ -137,7 +131,7 @@ fn plan_check(check: &PlanCheck) -> PgHeapTuple<'static, AllocatedByRust> {
 /// Whether `tenant_id` may move to `new_plan_id`: invalid when an allocation
 /// (chatbots, seats) is over the new limit. Consumables over the new limit
 /// are listed in `violations` but do not block. Changes nothing.
-#[pg_extern(requires = ["usage"])]
+#[pg_extern(requires = ["counters"])]
 fn validate_plan_change(
     tenant_id: Option<&str>,
     new_plan_id: Option<&str>,
@@ -155,7 +149,7 @@ fn validate_plan_change(
 /// Move `tenant_id` to `new_plan_id` if the change is valid (or `force`d),
 /// judged under the tenant's locks. A refusal is SQLSTATE 55000 with the
 /// validation message in DETAIL.
-#[pg_extern(requires = ["usage"])]
+#[pg_extern(requires = ["counters"])]
 fn change_plan(
     tenant_id: Option<&str>,
     new_plan_id: Option<&str>,
@@ -178,10 +172,15 @@ fn change_plan(
         if !check.valid && !force {
             errors::plan_change_refused(&check.message).raise()
         }
+        let outside_plan: Vec<String> = plan_metrics(client, new_plan_id)
+            .into_iter()
+            .filter(|config| config.limit == Limit::NotInPlan)
+            .map(|config| config.metric)
+            .collect();
         spi::run(
             client,
             &DROP_UNUSED_COUNTERS,
-            &[tenant_id.into(), new_plan_id.into()],
+            &[tenant_id.into(), outside_plan.into()],
         );
         spi::run(
             client,

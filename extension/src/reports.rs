@@ -1,5 +1,6 @@
 //! The usage-report queue the driver drains: `claim_usage_reports`,
-//! `complete_usage_report` and `fail_usage_report`.
+//! `complete_usage_report`, `fail_usage_report` and
+//! `requeue_failed_usage_reports`.
 //!
 //! Claims use `FOR UPDATE SKIP LOCKED`, so concurrent workers never hold the
 //! same report, and a lease, so a report held by a worker that died is
@@ -14,14 +15,16 @@ use crate::args;
 use crate::errors::{self, OrRaise, Raise};
 use crate::gucs;
 use crate::rules::{self, AfterFailure, Backoff};
-use crate::spi::{self, Statement, INT4, INT8, INTERVAL, TEXT};
+use crate::spi::{self, Statement, INT4, INT8, INT8_ARRAY, INTERVAL, TEXT};
 
 /// The longest error text kept on a report.
 const MAX_ERROR_CHARS: usize = 2_000;
 
 /// Take up to `$1` due reports, oldest due first, skipping those another
 /// worker holds. Those already claimed `$3` times (their last attempt's
-/// lease ran out) are marked failed instead of claimed.
+/// lease ran out) are marked failed instead of claimed: the
+/// `due.attempts >= $3` below is [`rules::attempts_exhausted`] in SQL, kept
+/// in the statement so a claim is one round trip.
 static CLAIM: Statement = Statement {
     sql: "WITH due AS (
               SELECT id, attempts FROM tally.usage_reports
@@ -60,6 +63,21 @@ static COMPLETE: Statement = Statement {
 static REPORT_EXISTS: Statement = Statement {
     sql: "SELECT true FROM tally.usage_reports WHERE id = $1",
     params: &[INT8],
+};
+
+static KNOWN_REPORTS: Statement = Statement {
+    sql: "SELECT id FROM tally.usage_reports WHERE id = ANY ($1)",
+    params: &[INT8_ARRAY],
+};
+
+/// Failed reports back in the queue with their attempts counted from zero:
+/// those in `$1`, or every one when `$1` is NULL.
+static REQUEUE: Statement = Statement {
+    sql: "UPDATE tally.usage_reports
+             SET status = 'pending', attempts = 0, next_attempt_at = now(), lease_until = NULL,
+                 failed_at = NULL
+           WHERE status = 'failed' AND ($1::bigint[] IS NULL OR id = ANY ($1))",
+    params: &[INT8_ARRAY],
 };
 
 static LOCK_REPORT: Statement = Statement {
@@ -178,18 +196,7 @@ fn fail_report(
     record_failure(id, error, permanent, retry_after_ms);
 }
 
-/// `fail_usage_report` as versions before 0.4.0 declare it, without
-/// `retry_after`: kept so that their install scripts load with this library.
-#[pg_extern(sql = false)]
-fn fail_usage_report(
-    id: Option<i64>,
-    error: Option<&str>,
-    permanent: default!(Option<bool>, false),
-) {
-    record_failure(id, error, permanent, None);
-}
-
-fn record_failure(
+pub(crate) fn record_failure(
     id: Option<i64>,
     error: Option<&str>,
     permanent: Option<bool>,
@@ -244,4 +251,38 @@ fn jitter() -> f64 {
     // SAFETY: the backend's global generator, seeded at startup; backends are
     // single-threaded.
     unsafe { pg_sys::pg_prng_double(&raw mut pg_sys::pg_global_prng_state) }
+}
+
+/// Put failed reports back in the queue, with their attempts counted from
+/// zero: the given ids, or every failed report when `ids` is NULL. Reports
+/// that are not failed are left alone; an unknown id is an error and changes
+/// nothing. Returns how many were put back.
+#[pg_extern]
+fn requeue_failed_usage_reports(ids: default!(Option<Vec<Option<i64>>>, NULL)) -> i64 {
+    let ids: Option<Vec<i64>> = ids.map(|ids| {
+        ids.into_iter()
+            .map(|id| {
+                id.ok_or_else(|| errors::null_argument("an element of ids"))
+                    .or_raise()
+            })
+            .collect()
+    });
+    Spi::connect_mut(|client| {
+        if let Some(ids) = &ids {
+            let known: Vec<i64> = spi::run(client, &KNOWN_REPORTS, &[ids.clone().into()])
+                .filter_map(|row| spi::get::<i64>(&row, 1))
+                .collect();
+            let mut unknown: Vec<i64> = ids
+                .iter()
+                .copied()
+                .filter(|id| !known.contains(id))
+                .collect();
+            if !unknown.is_empty() {
+                unknown.sort_unstable();
+                unknown.dedup();
+                errors::report_not_found(&unknown).raise()
+            }
+        }
+        spi::run(client, &REQUEUE, &[ids.into()]).len() as i64
+    })
 }

@@ -12,6 +12,8 @@
 //! lock the counter, read the configuration fresh, let [`rules::increment`]
 //! decide, and refresh the copy.
 
+use std::collections::HashMap;
+
 use pgrx::datum::DatumWithOid;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
@@ -29,7 +31,9 @@ const USAGE_CHECK: &str = "tally.usage_check";
 /// The common case in one statement: the counter's copy of its limit is
 /// valid, its count belongs to the current period, and the units fit (for
 /// an unlimited metric: the sum does not overflow). Returns no row otherwise.
-static FAST_INCREMENT: Statement = Statement {
+/// The last condition is [`rules::fits`] in SQL, repeated here for speed;
+/// the pg_test `the_fast_path_decides_as_fits_does` pins the two together.
+pub(crate) static FAST_INCREMENT: Statement = Statement {
     sql: "UPDATE tally.usage_counters
              SET used = used + $3
            WHERE tenant_id = $1 AND metric = $2
@@ -69,26 +73,36 @@ static SHARE_LIMITS: Statement = Statement {
 };
 
 /// Make sure an in-plan metric has a counter row to lock. A refusal may leave
-/// a zero counter behind, which reads the same as none.
-static ENSURE_COUNTER: Statement = Statement {
-    sql: "INSERT INTO tally.usage_counters (tenant_id, metric)
-          SELECT t.tenant_id, l.metric
-            FROM tally.tenants AS t
-            JOIN tally.plan_limits AS l ON l.plan_id = t.plan_id AND l.metric = $2
-           WHERE t.tenant_id = $1
+/// a zero counter behind, which reads the same as none. (One row, by its
+/// key: no statement on a tenant's path joins the tenant tables with the
+/// configuration.)
+pub static ENSURE_COUNTER: Statement = Statement {
+    sql: "INSERT INTO tally.usage_counters (tenant_id, metric) VALUES ($1, $2)
               ON CONFLICT (tenant_id, metric) DO NOTHING",
     params: &[TEXT, TEXT],
 };
 
-/// The tenant, the metric and the plan's limit.
-static CONTEXT: Statement = Statement {
-    sql: "SELECT t.period_start, t.period_end, m.kind, l.plan_id IS NOT NULL, l.max_units,
-                 m.stripe_meter_event
-            FROM tally.tenants AS t
-            LEFT JOIN tally.metrics AS m ON m.metric = $2
-            LEFT JOIN tally.plan_limits AS l ON l.plan_id = t.plan_id AND l.metric = $2
-           WHERE t.tenant_id = $1",
+/// What the configuration says about one metric under one plan.
+static METRIC_CONFIG: Statement = Statement {
+    sql: "SELECT m.kind, m.stripe_meter_event, l.plan_id IS NOT NULL, l.max_units
+            FROM tally.metrics AS m
+            LEFT JOIN tally.plan_limits AS l ON l.plan_id = $1 AND l.metric = m.metric
+           WHERE m.metric = $2",
     params: &[TEXT, TEXT],
+};
+
+/// What the configuration says about every metric under one plan.
+static PLAN_METRICS: Statement = Statement {
+    sql: "SELECT m.metric, m.kind, l.plan_id IS NOT NULL, l.max_units
+            FROM tally.metrics AS m
+            LEFT JOIN tally.plan_limits AS l ON l.plan_id = $1 AND l.metric = m.metric
+           ORDER BY m.metric",
+    params: &[TEXT],
+};
+
+static TENANT_COUNTERS: Statement = Statement {
+    sql: "SELECT metric, used, period_start FROM tally.usage_counters WHERE tenant_id = $1",
+    params: &[TEXT],
 };
 
 static WRITE_COUNTER: Statement = Statement {
@@ -162,22 +176,59 @@ pub fn stored_kind(metric: &str, kind: &str) -> Kind {
     Kind::parse(kind).unwrap_or_else(|| spi::bug(format!("metric {metric} has kind {kind}")))
 }
 
-/// Read the tenant, the metric and the limit; unknown ones are errors.
+/// Read the tenant, then the metric and its limit in the tenant's plan;
+/// unknown ones are errors.
 pub fn load_context(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str) -> Context {
-    let row = spi::first_row(client, &CONTEXT, &[tenant_id.into(), metric.into()])
-        .unwrap_or_else(|| errors::tenant_not_found(tenant_id).raise());
-    let Some(kind) = spi::get::<String>(&row, 3) else {
-        errors::metric_not_found(metric).raise()
-    };
-    let kind = stored_kind(metric, &kind);
-    let period_start = spi::get_micros(&row, 1);
+    let tenant = load_tenant(client, tenant_id);
+    let row = spi::first_row(
+        client,
+        &METRIC_CONFIG,
+        &[tenant.plan_id.as_str().into(), metric.into()],
+    )
+    .unwrap_or_else(|| errors::metric_not_found(metric).raise());
+    let kind = spi::get::<String>(&row, 1).unwrap_or_default();
     Context {
-        period: rules::current_period(period_start, spi::get_micros(&row, 2), spi::now()),
-        calendar_period: period_start.is_none(),
-        kind,
-        limit: Limit::from_row(spi::get(&row, 4).unwrap_or(false), spi::get(&row, 5)),
-        meter_event: spi::get(&row, 6),
+        period: tenant.period,
+        calendar_period: tenant.calendar_period,
+        kind: stored_kind(metric, &kind),
+        limit: Limit::from_row(spi::get(&row, 3).unwrap_or(false), spi::get(&row, 4)),
+        meter_event: spi::get(&row, 2),
     }
+}
+
+/// A metric as one plan configures it.
+pub struct MetricConfig {
+    pub metric: String,
+    pub kind: Kind,
+    pub limit: Limit,
+}
+
+/// Every metric, ordered by name, with its limit in `plan_id`.
+pub fn plan_metrics(client: &mut SpiClient<'_>, plan_id: &str) -> Vec<MetricConfig> {
+    spi::run(client, &PLAN_METRICS, &[plan_id.into()])
+        .map(|row| {
+            let metric: String = spi::get(&row, 1).unwrap_or_default();
+            let kind: String = spi::get(&row, 2).unwrap_or_default();
+            MetricConfig {
+                kind: stored_kind(&metric, &kind),
+                limit: Limit::from_row(spi::get(&row, 3).unwrap_or(false), spi::get(&row, 4)),
+                metric,
+            }
+        })
+        .collect()
+}
+
+/// A tenant's counters, by metric, as stored (not locked).
+pub fn tenant_counters(client: &mut SpiClient<'_>, tenant_id: &str) -> HashMap<String, Counter> {
+    spi::run(client, &TENANT_COUNTERS, &[tenant_id.into()])
+        .map(|row| {
+            let counter = Counter {
+                used: spi::get(&row, 2).unwrap_or(0),
+                period_start: spi::get_micros(&row, 3),
+            };
+            (spi::get::<String>(&row, 1).unwrap_or_default(), counter)
+        })
+        .collect()
 }
 
 /// A counter's copy of its configuration.
@@ -316,12 +367,14 @@ fn increment(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, units: i
         // A decrement made room since: decide under the lock below.
     }
 
+    // Configuration changes wait for this transaction from here on, so the
+    // configuration read next stays true until the copy is written.
     spi::run(client, &SHARE_LIMITS, &[tenant_id.into()]);
-    if peeked.is_none() {
+    let context = load_context(client, tenant_id, metric);
+    if peeked.is_none() && context.limit != Limit::NotInPlan {
         spi::run(client, &ENSURE_COUNTER, &[tenant_id.into(), metric.into()]);
     }
     let stored = lock_counter(client, tenant_id, metric);
-    let context = load_context(client, tenant_id, metric);
     let change = rules::increment(
         context.kind,
         context.limit,
@@ -376,7 +429,7 @@ fn usage_check(outcome: Outcome) -> PgHeapTuple<'static, AllocatedByRust> {
 /// Count `units` of `metric` for `tenant_id` if they fit in the tenant's
 /// plan, all or nothing. Over the limit is an answer (`allowed = false`), not
 /// an error. With an `idempotency_key`, a repeat returns the first result.
-#[pg_extern(requires = ["usage"])]
+#[pg_extern(requires = ["counters"])]
 fn check_and_increment_usage(
     tenant_id: Option<&str>,
     metric: Option<&str>,
@@ -448,33 +501,22 @@ static TENANT: Statement = Statement {
     params: &[TEXT],
 };
 
-/// Every metric of the plan, and any other metric the tenant has a counter for.
-static SUMMARY_ROWS: Statement = Statement {
-    sql: "SELECT m.metric, m.kind, c.used, c.period_start, l.plan_id IS NOT NULL, l.max_units
-            FROM tally.metrics AS m
-            LEFT JOIN tally.plan_limits AS l ON l.metric = m.metric AND l.plan_id = $2
-            LEFT JOIN tally.usage_counters AS c ON c.metric = m.metric AND c.tenant_id = $1
-           WHERE l.plan_id IS NOT NULL OR c.tenant_id IS NOT NULL
-           ORDER BY m.metric",
-    params: &[TEXT, TEXT],
-};
-
 /// A tenant's plan and current period.
 pub struct Tenant {
     pub plan_id: String,
     pub period: Period,
+    /// The tenant has no stored period: the calendar month is its period.
+    pub calendar_period: bool,
 }
 
 pub fn load_tenant(client: &mut SpiClient<'_>, tenant_id: &str) -> Tenant {
     let row = spi::first_row(client, &TENANT, &[tenant_id.into()])
         .unwrap_or_else(|| errors::tenant_not_found(tenant_id).raise());
+    let period_start = spi::get_micros(&row, 2);
     Tenant {
         plan_id: spi::get(&row, 1).unwrap_or_else(|| spi::bug("tenant without plan".into())),
-        period: rules::current_period(
-            spi::get_micros(&row, 2),
-            spi::get_micros(&row, 3),
-            spi::now(),
-        ),
+        period: rules::current_period(period_start, spi::get_micros(&row, 3), spi::now()),
+        calendar_period: period_start.is_none(),
     }
 }
 
@@ -500,29 +542,23 @@ fn usage_summary(
     let tenant_id = args::id("tenant_id", tenant_id).or_raise();
     let rows = Spi::connect_mut(|client| {
         let tenant = load_tenant(client, tenant_id);
-        let table = spi::run(
-            client,
-            &SUMMARY_ROWS,
-            &[tenant_id.into(), tenant.plan_id.as_str().into()],
-        );
-        table
-            .map(|row| {
-                let metric: String = spi::get(&row, 1).unwrap_or_default();
-                let kind_name: String = spi::get(&row, 2).unwrap_or_default();
-                let kind = stored_kind(&metric, &kind_name);
-                let stored = spi::get::<i64>(&row, 3).map(|used| Counter {
-                    used,
-                    period_start: spi::get_micros(&row, 4),
-                });
-                let limit = Limit::from_row(spi::get(&row, 5).unwrap_or(false), spi::get(&row, 6));
-                let used = rules::current_count(kind, stored, tenant.period.start).used;
-                let period = (kind == Kind::Consumable).then_some(tenant.period);
+        let counters = tenant_counters(client, tenant_id);
+        // Every metric of the plan, and any other the tenant has a counter for.
+        plan_metrics(client, &tenant.plan_id)
+            .into_iter()
+            .filter(|config| {
+                config.limit != Limit::NotInPlan || counters.contains_key(&config.metric)
+            })
+            .map(|config| {
+                let stored = counters.get(&config.metric).copied();
+                let used = rules::current_count(config.kind, stored, tenant.period.start).used;
+                let period = (config.kind == Kind::Consumable).then_some(tenant.period);
                 (
-                    metric,
-                    kind_name,
+                    config.metric,
+                    config.kind.as_str().to_string(),
                     used,
-                    limit.max_units(),
-                    limit.remaining(used),
+                    config.limit.max_units(),
+                    config.limit.remaining(used),
                     period.map(|p| timestamp(p.start)),
                     period.map(|p| timestamp(p.end)),
                 )

@@ -1,8 +1,13 @@
--- Configuration: metrics, plans, their limits, and tenants.
+-- Configuration and tenants: metrics, plans, their limits, tenants, and the
+-- provider customers and subscriptions linked to tenants.
 --
 -- Callers may write these tables with plain SQL. Bad values are refused by
 -- the `_check_*` triggers with SQLSTATE 22023 (22004 for a missing value) and
 -- a hint, so a typo in a plan file never surfaces as a bare constraint name.
+-- Their messages are entries of the error catalogue
+-- (crates/rules/src/errors.rs), repeated here because these checks must
+-- fire on plain-SQL writes; tests/tests/error_catalogue.rs pins each one to
+-- its entry.
 
 CREATE TABLE tally.metrics (
     metric             text PRIMARY KEY,
@@ -30,20 +35,10 @@ CREATE TABLE tally.plan_limits (
 COMMENT ON COLUMN tally.plan_limits.max_units IS
     'NULL means unlimited. A metric with no row is not included in the plan.';
 
+-- The plan a tenant starts on when none is given; NULL when no plan is the
+-- default, which the tenants check below reports.
 CREATE FUNCTION tally._default_plan_id() RETURNS text
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    found_plan text;
-BEGIN
-    SELECT plan_id INTO found_plan FROM tally.plans WHERE is_default;
-    IF found_plan IS NULL THEN
-        RAISE EXCEPTION 'no default plan'
-            USING ERRCODE = 'no_data_found',
-                  HINT = 'mark one plan with is_default = true in tally.plans, or give the tenant a plan_id';
-    END IF;
-    RETURN found_plan;
-END
-$$;
+LANGUAGE sql STABLE AS $$ SELECT plan_id FROM tally.plans WHERE is_default $$;
 
 CREATE TABLE tally.tenants (
     tenant_id              text PRIMARY KEY,
@@ -53,11 +48,17 @@ CREATE TABLE tally.tenants (
                            CHECK (status IN ('active', 'past_due', 'action_required', 'canceled')),
     period_start           timestamptz,
     period_end             timestamptz,
-    stripe_customer_id     text UNIQUE,
-    stripe_subscription_id text UNIQUE,
-    paddle_customer_id     text UNIQUE,
-    paddle_subscription_id text UNIQUE,
+    -- Linked by tally.link_provider_customer or plain SQL; each id belongs
+    -- to one tenant at most, which tally.provider_links below enforces.
+    stripe_customer_id     text,
+    stripe_subscription_id text,
+    paddle_customer_id     text,
+    paddle_subscription_id text,
     created_at             timestamptz NOT NULL DEFAULT now(),
+    -- Providers deliver subscription events out of order: when the last
+    -- applied one happened, per provider (see accept_subscription_event).
+    stripe_subscription_event_at timestamptz,
+    paddle_subscription_event_at timestamptz,
     CHECK (period_end IS NULL OR (period_start IS NOT NULL AND period_end > period_start))
 );
 COMMENT ON COLUMN tally.tenants.period_start IS
@@ -117,15 +118,24 @@ $$;
 CREATE TRIGGER check_plan_limit BEFORE INSERT OR UPDATE ON tally.plan_limits
     FOR EACH ROW EXECUTE FUNCTION tally._check_plan_limit();
 
+-- A tenant's id is its key in every tenant table (and, distributed, the
+-- distribution key): it never changes.
 CREATE FUNCTION tally._check_tenant() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.tenant_id IS NULL THEN
+    IF TG_OP = 'UPDATE' AND NEW.tenant_id IS DISTINCT FROM OLD.tenant_id THEN
+        RAISE EXCEPTION 'tenant_id cannot change' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('tenant %L', OLD.tenant_id),
+            HINT = 'a tenant''s id is its key everywhere: create a tenant with the new id instead';
+    ELSIF NEW.tenant_id IS NULL THEN
         RAISE EXCEPTION 'tenant_id must not be null' USING ERRCODE = 'null_value_not_allowed',
             HINT = 'use your application''s id for the customer account';
     ELSIF NEW.tenant_id = '' THEN
         RAISE EXCEPTION 'tenant_id must not be empty' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'use your application''s id for the customer account';
+    ELSIF NEW.plan_id IS NULL AND NOT EXISTS (SELECT FROM tally.plans WHERE is_default) THEN
+        RAISE EXCEPTION 'no default plan' USING ERRCODE = 'no_data_found',
+            HINT = 'mark one plan with is_default = true in tally.plans, or give the tenant a plan_id';
     ELSIF NEW.status IS NULL OR NEW.status NOT IN ('active', 'past_due', 'action_required', 'canceled') THEN
         RAISE EXCEPTION 'unknown tenant status' USING ERRCODE = 'invalid_parameter_value',
             DETAIL = format('tenant %L has status %L', NEW.tenant_id, NEW.status),
@@ -148,3 +158,57 @@ END
 $$;
 CREATE TRIGGER check_tenant BEFORE INSERT OR UPDATE ON tally.tenants
     FOR EACH ROW EXECUTE FUNCTION tally._check_tenant();
+
+-- Which tenant each provider customer and subscription belongs to: the one
+-- place their global uniqueness lives, keyed by the provider's id (so
+-- tenants stays keyed by tenant_id alone). Kept by the trigger below from
+-- the tenants columns; webhooks look tenants up here.
+CREATE TABLE tally.provider_links (
+    provider  text NOT NULL CHECK (provider IN ('stripe', 'paddle')),
+    object    text NOT NULL CHECK (object IN ('customer', 'subscription')),
+    object_id text NOT NULL,
+    tenant_id text NOT NULL,
+    PRIMARY KEY (provider, object, object_id)
+);
+CREATE INDEX provider_links_tenant ON tally.provider_links (tenant_id);
+
+CREATE FUNCTION tally._link_provider_ids() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    link record;
+    owner text;
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        DELETE FROM tally.provider_links AS l WHERE l.tenant_id = OLD.tenant_id;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN NULL;
+    END IF;
+    FOR link IN
+        SELECT v.provider, v.object, v.object_id
+          FROM (VALUES ('stripe', 'customer', NEW.stripe_customer_id),
+                       ('stripe', 'subscription', NEW.stripe_subscription_id),
+                       ('paddle', 'customer', NEW.paddle_customer_id),
+                       ('paddle', 'subscription', NEW.paddle_subscription_id))
+               AS v (provider, object, object_id)
+         WHERE v.object_id IS NOT NULL
+    LOOP
+        INSERT INTO tally.provider_links AS l (provider, object, object_id, tenant_id)
+        VALUES (link.provider, link.object, link.object_id, NEW.tenant_id)
+            ON CONFLICT (provider, object, object_id) DO NOTHING;
+        IF NOT FOUND THEN
+            SELECT l.tenant_id INTO owner FROM tally.provider_links AS l
+             WHERE l.provider = link.provider AND l.object = link.object AND l.object_id = link.object_id;
+            RAISE EXCEPTION '% already linked to another tenant', link.object USING ERRCODE = 'unique_violation',
+                DETAIL = format('%s %s %L belongs to tenant %L', link.provider, link.object, link.object_id, owner),
+                HINT = format('one provider %s bills one tenant: unlink it from the other tenant first', link.object);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER link_provider_ids
+    AFTER INSERT OR DELETE OR UPDATE OF stripe_customer_id, stripe_subscription_id,
+                                        paddle_customer_id, paddle_subscription_id
+    ON tally.tenants
+    FOR EACH ROW EXECUTE FUNCTION tally._link_provider_ids();

@@ -150,6 +150,56 @@ fn data_written_by_0_1_0_is_kept_and_used_after_the_upgrade() {
 }
 
 #[test]
+fn links_and_keys_written_by_0_4_0_are_found_after_the_upgrade() {
+    let db = TestDb::create_empty();
+    let mut client = db.connect();
+    let hash = "a".repeat(64);
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION tally VERSION '0.4.0'; {FIXTURE}
+             INSERT INTO tally.tenants (tenant_id, stripe_customer_id, stripe_subscription_id, paddle_customer_id)
+             VALUES ('acme', 'cus_1', 'sub_1', 'ctm_1'), ('globex', NULL, NULL, NULL);
+             INSERT INTO tally.api_keys (key_id, tenant_id, key_hash) VALUES ('k1', 'acme', '{hash}'),
+                    ('k2', 'acme', '{}');
+             UPDATE tally.api_keys SET revoked_at = now() WHERE key_id = 'k2';
+             ALTER EXTENSION tally UPDATE;",
+            "b".repeat(64)
+        ))
+        .unwrap();
+    let links: Vec<(String, String, String)> = client
+        .query(
+            "SELECT provider || ' ' || object, object_id, tenant_id FROM tally.provider_links ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    let acme = |kind: &str, id: &str| (kind.to_string(), id.to_string(), "acme".to_string());
+    assert_eq!(
+        links,
+        vec![
+            acme("paddle customer", "ctm_1"),
+            acme("stripe customer", "cus_1"),
+            acme("stripe subscription", "sub_1"),
+        ]
+    );
+    let tenant_of = |client: &mut Client, hash: &str| -> Option<String> {
+        client
+            .query_one("SELECT tally.tenant_for_api_key($1)", &[&hash])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(tenant_of(&mut client, &hash).as_deref(), Some("acme"));
+    assert_eq!(tenant_of(&mut client, &"b".repeat(64)), None);
+    // The links still refuse a second owner.
+    let error = client
+        .batch_execute("SELECT tally.link_provider_customer('globex', 'stripe', 'cus_1')")
+        .unwrap_err();
+    assert_eq!(error.as_db_error().unwrap().code().code(), "23505");
+}
+
+#[test]
 fn the_library_asks_for_an_update_of_an_older_schema() {
     let db = TestDb::create_empty();
     let mut client = db.connect();

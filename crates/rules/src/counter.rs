@@ -134,7 +134,10 @@ fn write_if_changed(stored: Option<Counter>, counter: Counter) -> Option<Counter
 }
 
 /// Whether `units` (> 0) fit on top of `used` under `limit`. For an
-/// unlimited metric they fit unless the sum would overflow.
+/// unlimited metric they fit unless the sum would overflow. The fast path's
+/// `UPDATE` (`FAST_INCREMENT` in extension/src/usage.rs) repeats this test in
+/// SQL so that a fitting increment is one statement; the pg_test
+/// `the_fast_path_decides_as_fits_does` pins the two together.
 pub fn fits(limit: Limit, used: i64, units: i64) -> Result<bool, Overflow> {
     match limit {
         Limit::NotInPlan => Ok(false),

@@ -177,9 +177,12 @@ pub fn idempotency_key_too_long(bytes: usize, max: usize) -> Failure {
 }
 
 pub fn negative_count(name: &str, count: i64) -> Failure {
-    Failure::new(InvalidParameterValue, format!("{name} must not be negative"))
-        .detail(format!("{name} = {count}"))
-        .hint(format!("pass the {name} count, 0 or more"))
+    Failure::new(
+        InvalidParameterValue,
+        format!("{name} must not be negative"),
+    )
+    .detail(format!("{name} = {count}"))
+    .hint(format!("pass the {name} count, 0 or more"))
 }
 
 pub fn not_positive(name: &str, value: impl fmt::Display) -> Failure {
@@ -286,7 +289,10 @@ pub fn period_not_finite(tenant: Option<&str>, start: &str, end: &str) -> Failur
     let failure = Failure::new(InvalidParameterValue, message::PERIOD_NOT_FINITE);
     match tenant {
         Some(tenant) => failure
-            .detail(format!("tenant {}, period {start} to {end}", quoted(tenant)))
+            .detail(format!(
+                "tenant {}, period {start} to {end}",
+                quoted(tenant)
+            ))
             .hint("give real timestamps, or NULL for calendar-month periods"),
         None => failure
             .detail(format!("period {start} to {end}"))
@@ -337,9 +343,8 @@ pub fn plan_not_found(plan_id: &str) -> Failure {
 }
 
 pub fn no_default_plan() -> Failure {
-    Failure::new(NoDataFound, message::NO_DEFAULT_PLAN).hint(
-        "mark one plan with is_default = true in tally.plans, or give the tenant a plan_id",
-    )
+    Failure::new(NoDataFound, message::NO_DEFAULT_PLAN)
+        .hint("mark one plan with is_default = true in tally.plans, or give the tenant a plan_id")
 }
 
 /// One or more usage report ids that do not exist, in ascending order.
@@ -394,12 +399,15 @@ pub fn plan_change_refused(message: &str) -> Failure {
 }
 
 pub fn tenant_has_unsent_usage(tenant_id: &str, pending: i64) -> Failure {
-    Failure::new(ObjectNotInPrerequisiteState, message::TENANT_HAS_UNSENT_USAGE)
-        .detail(format!(
-            "tenant {} has {pending} pending usage reports",
-            quoted(tenant_id)
-        ))
-        .hint("let the worker send them (tallyd worker) or let them fail, then delete the tenant")
+    Failure::new(
+        ObjectNotInPrerequisiteState,
+        message::TENANT_HAS_UNSENT_USAGE,
+    )
+    .detail(format!(
+        "tenant {} has {pending} pending usage reports",
+        quoted(tenant_id)
+    ))
+    .hint("let the worker send them (tallyd worker) or let them fail, then delete the tenant")
 }
 
 /// The library is newer than the schema in this database.
@@ -447,7 +455,10 @@ mod tests {
         assert_eq!(null_argument("metric").state, NullValueNotAllowed);
         assert_eq!(empty_argument("metric").state, InvalidParameterValue);
         assert_eq!(missing_id("plan_id", false).state, NullValueNotAllowed);
-        assert_eq!(missing_id("plan_id", true).message, "plan_id must not be empty");
+        assert_eq!(
+            missing_id("plan_id", true).message,
+            "plan_id must not be empty"
+        );
     }
 
     #[test]

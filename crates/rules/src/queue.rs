@@ -32,6 +32,16 @@ pub enum AfterFailure {
     Fail,
 }
 
+/// Whether a report has had all its allowed attempts. The claim statement
+/// (`CLAIM` in extension/src/reports.rs) repeats this test in SQL, to give
+/// up reports whose last lease ran out without a second round trip; the
+/// pg_tests `the_last_allowed_attempt_ends_the_report` and
+/// `a_lease_that_runs_out_after_the_last_attempt_fails_the_report` pin the
+/// two to the same count.
+pub fn attempts_exhausted(attempts: i32, max_attempts: i32) -> bool {
+    attempts >= max_attempts
+}
+
 /// A permanent failure, or the failure of the last allowed attempt, ends a
 /// report; anything else is retried after the backoff, or after the
 /// provider's `Retry-After` when that is longer.
@@ -43,7 +53,7 @@ pub fn after_failure(
     backoff: Backoff,
     jitter: f64,
 ) -> AfterFailure {
-    if permanent || attempts >= max_attempts {
+    if permanent || attempts_exhausted(attempts, max_attempts) {
         AfterFailure::Fail
     } else {
         let delay_ms = backoff

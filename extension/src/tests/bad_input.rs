@@ -1,3 +1,6 @@
+//! Bad arguments and bad configuration values: each is refused with its
+//! SQLSTATE, a stable message and a hint, and changes nothing.
+
 use pgrx::prelude::*;
 
 #[pg_schema]
@@ -281,5 +284,24 @@ mod tests {
             value::<i64>("SELECT count(*) FROM tally.idempotency_keys"),
             Some(0)
         );
+    }
+
+    #[pg_test]
+    fn a_mistyped_tally_setting_is_an_error() {
+        // The library is loaded (the fixture's triggers do not need it; a
+        // call does), so the tally prefix is reserved.
+        fixture();
+        check("'acme', 'messages', 1");
+        let (sqlstate, message, detail, _hint) =
+            error_of("SET LOCAL tally.report_max_atempts = 3").expect("a mistyped setting fails");
+        assert_eq!(
+            (sqlstate.as_str(), message.as_str(), detail.as_str()),
+            (
+                "42602",
+                "invalid configuration parameter name \"tally.report_max_atempts\"",
+                "\"tally\" is a reserved prefix."
+            )
+        );
+        Spi::run("SET LOCAL tally.report_max_attempts = 3").unwrap();
     }
 }

@@ -1,3 +1,6 @@
+//! What tallyd relies on: API keys that find their tenant until revoked,
+//! and subscription events applied in order.
+
 use pgrx::prelude::*;
 
 #[pg_schema]

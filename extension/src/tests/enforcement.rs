@@ -1,8 +1,54 @@
+//! `check_and_increment_usage`, `decrement_usage` and `usage_summary`
+//! inside one backend: limits, periods, plans and idempotency keys.
+
 use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
     use super::super::*;
+
+    #[pg_test]
+    fn the_fast_path_decides_as_fits_does() {
+        use crate::rules::{self, Limit};
+        use crate::spi;
+        use crate::usage::FAST_INCREMENT;
+
+        fixture();
+        Spi::run("INSERT INTO tally.tenants (tenant_id, plan_id) VALUES ('big', 'growth')")
+            .unwrap();
+        // A valid copy of each limit, in the current period.
+        check("'acme', 'messages'");
+        check("'big', 'messages'");
+        let max = i64::MAX;
+        let cases = [
+            ("acme", Limit::Max(100), 0, 100),
+            ("acme", Limit::Max(100), 1, 100),
+            ("acme", Limit::Max(100), 99, 1),
+            ("acme", Limit::Max(100), 100, 1),
+            ("acme", Limit::Max(100), 150, 1),
+            ("acme", Limit::Max(100), 0, max),
+            ("big", Limit::Unlimited, max - 1, 1),
+            ("big", Limit::Unlimited, max, 1),
+            ("big", Limit::Unlimited, max - 5, 6),
+            ("big", Limit::Unlimited, 0, max),
+        ];
+        for (tenant, limit, used, units) in cases {
+            Spi::run(&format!(
+                "UPDATE tally.usage_counters SET used = {used} WHERE tenant_id = '{tenant}'"
+            ))
+            .unwrap();
+            let month = spi::timestamptz(Some(rules::month_start(spi::now())));
+            let fast = Spi::connect_mut(|client| {
+                let args = [tenant.into(), "messages".into(), units.into(), month];
+                spi::first_row(client, &FAST_INCREMENT, &args).is_some()
+            });
+            assert_eq!(
+                fast,
+                rules::fits(limit, used, units) == Ok(true),
+                "{tenant}: {used} used + {units} under {limit:?}"
+            );
+        }
+    }
 
     #[pg_test]
     fn increments_are_allowed_up_to_the_limit_then_refused() {

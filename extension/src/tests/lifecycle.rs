@@ -1,3 +1,6 @@
+//! The billing life cycle: resets, renewals, syncs, statuses and provider
+//! links.
+
 use pgrx::prelude::*;
 
 #[pg_schema]

@@ -1,3 +1,6 @@
+//! `validate_plan_change` and `change_plan`: what a downgrade would break,
+//! in words a person can act on, and the switch itself.
+
 use pgrx::prelude::*;
 
 #[pg_schema]

@@ -1,3 +1,6 @@
+//! The usage-report queue: claims, leases, completion, failures with
+//! backoff, requeueing and cleanup.
+
 use pgrx::prelude::*;
 
 #[pg_schema]

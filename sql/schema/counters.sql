@@ -1,8 +1,9 @@
--- Usage state: one counter per (tenant, metric), and the results of
--- idempotent calls. Only tally's functions should write these.
+-- Counters and idempotency: one counter per (tenant, metric), kept with a
+-- copy of its configuration, and the results of idempotent calls. Only
+-- tally's functions should write these.
 
 CREATE TABLE tally.usage_counters (
-    tenant_id       text NOT NULL REFERENCES tally.tenants ON DELETE CASCADE ON UPDATE CASCADE,
+    tenant_id       text NOT NULL REFERENCES tally.tenants ON DELETE CASCADE,
     metric          text NOT NULL REFERENCES tally.metrics ON UPDATE CASCADE,
     used            bigint NOT NULL DEFAULT 0 CHECK (used >= 0),
     -- Consumables: the billing period this count belongs to; an older period
@@ -18,8 +19,8 @@ CREATE TABLE tally.usage_counters (
     calendar_period boolean NOT NULL DEFAULT false,
     limits_valid    boolean NOT NULL DEFAULT false,
     PRIMARY KEY (tenant_id, metric),
-    -- Since 0.2.0, also part of the copy: the metric's stripe_meter_event
-    -- (an allowed increment of a billed metric writes a usage report).
+    -- Also part of the copy: the metric's stripe_meter_event (an allowed
+    -- increment of a billed metric writes a usage report).
     meter_event     text
 ) WITH (fillfactor = 70);
 
@@ -89,7 +90,7 @@ CREATE TRIGGER invalidate_counters AFTER UPDATE OF plan_id, period_start, period
     EXECUTE FUNCTION tally._invalidate_tenant();
 
 CREATE TABLE tally.idempotency_keys (
-    tenant_id       text NOT NULL REFERENCES tally.tenants ON DELETE CASCADE ON UPDATE CASCADE,
+    tenant_id       text NOT NULL REFERENCES tally.tenants ON DELETE CASCADE,
     idempotency_key text NOT NULL,
     metric          text NOT NULL,
     units           bigint NOT NULL,
