@@ -37,7 +37,7 @@ pub async fn apply_plans(client: &mut Client, file: &PlansFile) -> Result<Vec<Ch
                  ON CONFLICT (metric) DO UPDATE SET kind = EXCLUDED.kind, stripe_meter_event = EXCLUDED.stripe_meter_event
                   WHERE (m.kind, m.stripe_meter_event) IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.stripe_meter_event)
                  RETURNING xmax = 0",
-                &[&metric.name, &metric.kind, &metric.stripe_meter_event],
+                &[&metric.name, &metric.kind.as_str(), &metric.stripe_meter_event],
             )
             .await
             .with_context(|| format!("line {}: metric {:?}", metric.line, metric.name))?;

@@ -8,7 +8,9 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row};
 
-use crate::events::{Customer, Effect, Event, Provider, Standing, Subscription};
+use tally_rules::{Provider, TenantStatus};
+
+use crate::events::{Customer, Effect, Event, Subscription};
 
 /// What became of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +56,7 @@ pub async fn apply(
 
 async fn effect(tx: &Transaction<'_>, event: &Event) -> Result<Outcome, Error> {
     let provider = event.provider;
-    let (customer, standing) = match &event.effect {
+    let (customer, status) = match &event.effect {
         Effect::Ignored => {
             return Ok(Outcome::Ignored {
                 why: "no effect for this event type",
@@ -85,9 +87,9 @@ async fn effect(tx: &Transaction<'_>, event: &Event) -> Result<Outcome, Error> {
         Effect::SubscriptionChanged(subscription) => {
             return subscription_changed(tx, event, subscription).await;
         }
-        Effect::PaymentSucceeded(customer) => (customer, Standing::Active),
-        Effect::PaymentFailed(customer) => (customer, Standing::PastDue),
-        Effect::ActionRequired(customer) => (customer, Standing::ActionRequired),
+        Effect::PaymentSucceeded(customer) => (customer, TenantStatus::Active),
+        Effect::PaymentFailed(customer) => (customer, TenantStatus::PastDue),
+        Effect::ActionRequired(customer) => (customer, TenantStatus::ActionRequired),
     };
     let Some(tenant_id) = tenant_of(tx, provider, customer).await? else {
         return Ok(not_linked(provider, customer));
@@ -95,7 +97,7 @@ async fn effect(tx: &Transaction<'_>, event: &Event) -> Result<Outcome, Error> {
     if let Effect::PaymentSucceeded(_) = event.effect {
         execute(tx, "SELECT tally.reset_usage($1)", &[&tenant_id]).await?;
     }
-    set_status(tx, &tenant_id, standing).await?;
+    set_status(tx, &tenant_id, status).await?;
     Ok(Outcome::Processed { tenant_id })
 }
 
@@ -121,7 +123,7 @@ async fn subscription_changed(
         });
     }
     link(tx, &tenant_id, provider, &sub.customer.id, Some(&sub.id)).await?;
-    let plan = if sub.standing == Standing::Canceled {
+    let plan = if sub.status == TenantStatus::Canceled {
         query_opt(tx, "SELECT plan_id FROM tally.plans WHERE is_default", &[])
             .await?
             .map(|row| row.get(0))
@@ -143,7 +145,7 @@ async fn subscription_changed(
             )
             .await?;
         }
-        None if sub.standing != Standing::Canceled => {
+        None if sub.status != TenantStatus::Canceled => {
             tracing::warn!(
                 event_id = %event.id,
                 tenant_id = %tenant_id,
@@ -155,7 +157,7 @@ async fn subscription_changed(
             tracing::warn!(event_id = %event.id, tenant_id = %tenant_id, "canceled, but no default plan to move to")
         }
     }
-    if let (Some((start, end)), false) = (sub.period, sub.standing == Standing::Canceled) {
+    if let (Some((start, end)), false) = (sub.period, sub.status == TenantStatus::Canceled) {
         execute(
             tx,
             "SELECT tally.start_period($1, $2, $3)",
@@ -163,7 +165,7 @@ async fn subscription_changed(
         )
         .await?;
     }
-    set_status(tx, &tenant_id, sub.standing).await?;
+    set_status(tx, &tenant_id, sub.status).await?;
     Ok(Outcome::Processed { tenant_id })
 }
 
@@ -249,12 +251,12 @@ async fn plan_for_price(
 async fn set_status(
     tx: &Transaction<'_>,
     tenant_id: &str,
-    standing: Standing,
+    status: TenantStatus,
 ) -> Result<(), Error> {
     execute(
         tx,
         "SELECT tally.set_tenant_status($1, $2)",
-        &[&tenant_id, &standing.as_str()],
+        &[&tenant_id, &status.as_str()],
     )
     .await?;
     Ok(())
