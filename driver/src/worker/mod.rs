@@ -104,16 +104,18 @@ pub async fn run(
                 shutdown.clone(),
             );
             in_flight.spawn(async move {
+                // A report that cannot be sent is decided before it waits
+                // for the rate limit, and takes no share of it.
                 let verdict = match stripe::precheck(&report, Utc::now()) {
-                    Some(verdict) => verdict,
-                    None => {
+                    Err(verdict) => verdict,
+                    Ok(customer) => {
                         // Not started yet: a shutdown leaves it to its lease.
                         tokio::select! {
                             _ = limiter.acquire() => {}
                             _ = shutdown.cancelled() => return,
                         }
                         let started = std::time::Instant::now();
-                        let verdict = stripe::send(&client, &report, Utc::now()).await;
+                        let verdict = stripe::send(&client, &report, customer).await;
                         metrics
                             .report_send_seconds
                             .observe(started.elapsed().as_secs_f64());
