@@ -5,11 +5,9 @@
 
 use deadpool_postgres::Transaction;
 use serde_json::Value;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Error, Row};
-
 use tally_rules::{Provider, TenantStatus};
 
+use super::{execute, query_one, query_opt, Client, Error};
 use crate::events::{Customer, Effect, Event, Subscription};
 
 /// What became of an event.
@@ -27,11 +25,7 @@ pub enum Outcome {
     Deferred { why: String },
 }
 
-pub async fn apply(
-    client: &mut deadpool_postgres::Client,
-    event: &Event,
-    payload: &Value,
-) -> Result<Outcome, Error> {
+pub async fn apply(client: &mut Client, event: &Event, payload: &Value) -> Result<Outcome, Error> {
     let transaction = client.transaction().await?;
     let provider = event.provider.as_str();
     let locked: bool = query_one(
@@ -260,34 +254,4 @@ async fn set_status(
     )
     .await?;
     Ok(())
-}
-
-// Every statement here is prepared once per connection and reused: an event
-// costs one round trip per statement and no planning.
-
-async fn execute(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<u64, Error> {
-    let statement = tx.prepare_cached(sql).await?;
-    tx.execute(&statement, params).await
-}
-
-async fn query_one(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Row, Error> {
-    let statement = tx.prepare_cached(sql).await?;
-    tx.query_one(&statement, params).await
-}
-
-async fn query_opt(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Option<Row>, Error> {
-    let statement = tx.prepare_cached(sql).await?;
-    tx.query_opt(&statement, params).await
 }

@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use deadpool_postgres::Pool;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::reports as db;
+use crate::db::Pool;
 use crate::metrics::{Metrics, OutcomeLabels};
 use limiter::RateLimiter;
 use stripe::{MeterClient, Report, Verdict};
