@@ -8,7 +8,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::format::parse_duration;
+use super::format::{parse_span, Span};
 use crate::signature::Secrets;
 use crate::telemetry::{self, LogFormat};
 use crate::worker::stripe::MeterClient;
@@ -52,6 +52,9 @@ pub struct ServeArgs {
     pub worker: WorkerArgs,
 }
 
+/// The worker's flags. Their defaults are [`WorkerConfig::DEFAULT`], so a
+/// worker started from the command line and one started by a test (with
+/// `WorkerConfig::default()`) behave alike.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// Stripe secret key, for sending usage reports.
@@ -65,23 +68,23 @@ pub struct WorkerArgs {
     )]
     pub stripe_api_base: String,
     /// Usage reports sent per second at most (Stripe takes 1,000 meter events/s).
-    #[arg(long, env = "TALLY_WORKER_RATE", default_value_t = 800.0)]
+    #[arg(long, env = "TALLY_WORKER_RATE", default_value_t = WorkerConfig::DEFAULT.rate)]
     pub worker_rate: f64,
     /// Sends in flight at most.
-    #[arg(long, env = "TALLY_WORKER_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "TALLY_WORKER_CONCURRENCY", default_value_t = WorkerConfig::DEFAULT.concurrency)]
     pub worker_concurrency: usize,
     /// Reports claimed at a time.
-    #[arg(long, env = "TALLY_WORKER_BATCH", default_value_t = 100)]
+    #[arg(long, env = "TALLY_WORKER_BATCH", default_value_t = WorkerConfig::DEFAULT.batch)]
     pub worker_batch: i32,
     /// How long a claim holds its reports: a worker that dies gives them back after it. 60s, 5m, …
-    #[arg(long, env = "TALLY_WORKER_LEASE", default_value = "60s", value_parser = parse_duration)]
-    pub worker_lease: std::time::Duration,
+    #[arg(long, env = "TALLY_WORKER_LEASE", default_value_t = Span(WorkerConfig::DEFAULT.lease), value_parser = parse_span)]
+    pub worker_lease: Span,
     /// Pause before looking again when the queue is empty. 250ms, 1s, …
-    #[arg(long, env = "TALLY_WORKER_POLL", default_value = "250ms", value_parser = parse_duration)]
-    pub worker_poll: std::time::Duration,
+    #[arg(long, env = "TALLY_WORKER_POLL", default_value_t = Span(WorkerConfig::DEFAULT.poll_interval), value_parser = parse_span)]
+    pub worker_poll: Span,
     /// Time allowed for one send to Stripe.
-    #[arg(long, env = "TALLY_STRIPE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub stripe_timeout: std::time::Duration,
+    #[arg(long, env = "TALLY_STRIPE_TIMEOUT", default_value = "10s", value_parser = parse_span)]
+    pub stripe_timeout: Span,
 }
 
 #[derive(Debug, Args)]
@@ -107,13 +110,13 @@ impl WorkerArgs {
         if !rate_ok || self.worker_concurrency == 0 || self.worker_batch <= 0 {
             bail!("the worker's rate, concurrency and batch must be positive");
         }
-        let client = MeterClient::new(key, &self.stripe_api_base, self.stripe_timeout)?;
+        let client = MeterClient::new(key, &self.stripe_api_base, self.stripe_timeout.0)?;
         let config = WorkerConfig {
             batch: self.worker_batch,
-            lease: self.worker_lease,
+            lease: self.worker_lease.0,
             concurrency: self.worker_concurrency,
             rate: self.worker_rate,
-            poll_interval: self.worker_poll,
+            poll_interval: self.worker_poll.0,
         };
         Ok(Some((client, config)))
     }

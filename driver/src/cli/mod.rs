@@ -14,7 +14,7 @@ mod operator;
 mod reports;
 
 pub use daemon::{ServeArgs, WorkerArgs, WorkerCommandArgs};
-pub use format::{parse_age, parse_duration};
+pub use format::{parse_age, parse_duration, Span};
 
 #[derive(Debug, Parser)]
 #[command(name = "tallyd", version, about = "tally's daemon and operator tool")]

@@ -41,15 +41,21 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
 }
 
+impl WorkerConfig {
+    /// The defaults, here once: `tallyd serve` and `tallyd worker` show and
+    /// use them for the flags not given.
+    pub const DEFAULT: WorkerConfig = WorkerConfig {
+        batch: 100,
+        lease: Duration::from_secs(60),
+        concurrency: 16,
+        rate: 800.0,
+        poll_interval: Duration::from_millis(250),
+    };
+}
+
 impl Default for WorkerConfig {
     fn default() -> WorkerConfig {
-        WorkerConfig {
-            batch: 100,
-            lease: Duration::from_secs(60),
-            concurrency: 16,
-            rate: 800.0,
-            poll_interval: Duration::from_millis(250),
-        }
+        WorkerConfig::DEFAULT
     }
 }
 
