@@ -4,21 +4,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    Stripe,
-    Paddle,
-}
-
-impl Provider {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Stripe => "stripe",
-            Provider::Paddle => "paddle",
-        }
-    }
-}
+use tally_rules::{Provider, TenantStatus};
 
 /// A provider's customer, and the tenant its checkout named, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,31 +13,12 @@ pub struct Customer {
     pub tenant_hint: Option<String>,
 }
 
-/// The tenant statuses a subscription maps to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Standing {
-    Active,
-    PastDue,
-    ActionRequired,
-    Canceled,
-}
-
-impl Standing {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Standing::Active => "active",
-            Standing::PastDue => "past_due",
-            Standing::ActionRequired => "action_required",
-            Standing::Canceled => "canceled",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
     pub customer: Customer,
     pub id: String,
-    pub standing: Standing,
+    /// The status the tenant takes from the subscription.
+    pub status: TenantStatus,
     pub price_id: Option<String>,
     pub period: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
@@ -150,14 +117,14 @@ pub fn stripe_event(event: &Value) -> Result<Event, ParseError> {
         "customer.subscription.created"
         | "customer.subscription.updated"
         | "customer.subscription.deleted" => {
-            let standing = if kind == "customer.subscription.deleted" {
-                Standing::Canceled
+            let status = if kind == "customer.subscription.deleted" {
+                TenantStatus::Canceled
             } else {
                 match text(object, "/status").ok_or(ParseError::Missing("data.object.status"))? {
-                    "active" | "trialing" => Standing::Active,
-                    "past_due" | "unpaid" | "paused" => Standing::PastDue,
-                    "incomplete" => Standing::ActionRequired,
-                    "canceled" | "incomplete_expired" => Standing::Canceled,
+                    "active" | "trialing" => TenantStatus::Active,
+                    "past_due" | "unpaid" | "paused" => TenantStatus::PastDue,
+                    "incomplete" => TenantStatus::ActionRequired,
+                    "canceled" | "incomplete_expired" => TenantStatus::Canceled,
                     _ => return Err(ParseError::Invalid("data.object.status")),
                 }
             };
@@ -175,7 +142,7 @@ pub fn stripe_event(event: &Value) -> Result<Event, ParseError> {
             Effect::SubscriptionChanged(Subscription {
                 customer: customer()?,
                 id: required(object, "/id", "data.object.id")?,
-                standing,
+                status,
                 price_id: item
                     .and_then(|item| text(item, "/price/id"))
                     .map(str::to_string),
@@ -219,10 +186,10 @@ pub fn paddle_event(event: &Value) -> Result<Event, ParseError> {
         "transaction.completed" | "transaction.paid" => Effect::PaymentSucceeded(customer()?),
         "transaction.payment_failed" | "transaction.past_due" => Effect::PaymentFailed(customer()?),
         kind if kind.starts_with("subscription.") => {
-            let standing = match text(data, "/status").ok_or(ParseError::Missing("data.status"))? {
-                "active" | "trialing" => Standing::Active,
-                "past_due" | "paused" => Standing::PastDue,
-                "canceled" => Standing::Canceled,
+            let status = match text(data, "/status").ok_or(ParseError::Missing("data.status"))? {
+                "active" | "trialing" => TenantStatus::Active,
+                "past_due" | "paused" => TenantStatus::PastDue,
+                "canceled" => TenantStatus::Canceled,
                 _ => return Err(ParseError::Invalid("data.status")),
             };
             let period = rfc3339(text(data, "/current_billing_period/starts_at"))
@@ -230,7 +197,7 @@ pub fn paddle_event(event: &Value) -> Result<Event, ParseError> {
             Effect::SubscriptionChanged(Subscription {
                 customer: customer()?,
                 id: required(data, "/id", "data.id")?,
-                standing,
+                status,
                 price_id: text(data, "/items/0/price/id").map(str::to_string),
                 period,
             })
@@ -327,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn stripe_subscriptions_carry_plan_period_and_standing() {
+    fn stripe_subscriptions_carry_plan_period_and_status() {
         let object = json!({
             "id": "sub_1", "customer": "cus_1", "status": "active", "metadata": {"tenant_id": "acme"},
             "items": {"data": [{"price": {"id": "price_pro"}, "current_period_start": 1_700_000_000, "current_period_end": 1_702_592_000}]}
@@ -341,7 +308,7 @@ mod tests {
         assert_eq!(sub.id, "sub_1");
         assert_eq!(sub.customer.tenant_hint.as_deref(), Some("acme"));
         assert_eq!(sub.price_id.as_deref(), Some("price_pro"));
-        assert_eq!(sub.standing, Standing::Active);
+        assert_eq!(sub.status, TenantStatus::Active);
         let (start, end) = sub.period.unwrap();
         assert_eq!(
             (start.timestamp(), end.timestamp()),
@@ -359,11 +326,11 @@ mod tests {
         };
         assert_eq!(
             (
-                sub.standing,
+                sub.status,
                 sub.price_id,
                 sub.period.map(|p| p.1.timestamp())
             ),
-            (Standing::PastDue, None, Some(2))
+            (TenantStatus::PastDue, None, Some(2))
         );
 
         let deleted = json!({"id": "sub_1", "customer": "cus_1", "status": "active"});
@@ -373,7 +340,7 @@ mod tests {
         else {
             panic!("not a subscription change");
         };
-        assert_eq!(sub.standing, Standing::Canceled);
+        assert_eq!(sub.status, TenantStatus::Canceled);
     }
 
     #[test]
@@ -445,8 +412,8 @@ mod tests {
             panic!("not a subscription change");
         };
         assert_eq!(
-            (sub.standing, sub.price_id.as_deref()),
-            (Standing::Canceled, Some("pri_1"))
+            (sub.status, sub.price_id.as_deref()),
+            (TenantStatus::Canceled, Some("pri_1"))
         );
         assert!(sub.period.is_some());
         assert_eq!(

@@ -19,12 +19,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::Deserialize;
+use tally_rules::Kind;
 use toml::Spanned;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricSpec {
     pub name: String,
-    pub kind: String,
+    pub kind: Kind,
     pub stripe_meter_event: Option<String>,
     pub line: usize,
 }
@@ -153,12 +154,12 @@ pub fn parse(text: &str) -> Result<PlansFile, PlanFileError> {
         }
         let kind_line = line_of(text, metric.kind.span().start);
         let kind = metric.kind.into_inner();
-        if kind != "consumable" && kind != "allocation" {
+        let Some(kind) = Kind::parse(&kind) else {
             return Err(PlanFileError::at(
                 kind_line,
                 format!("metric {name:?}: kind is \"consumable\" or \"allocation\", not {kind:?}"),
             ));
-        }
+        };
         let stripe_meter_event = non_empty(
             metric.stripe_meter_event,
             &format!("metric {name:?}: stripe_meter_event"),

@@ -1,7 +1,10 @@
 //! Reading durations and ages from the command line, and printing tables.
 
+use std::fmt;
+use std::time::Duration;
+
 /// `250ms`, `10s`, `5m`, `1h` → a duration.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -24,7 +27,28 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     if millis == 0 {
         return Err(format!("{text:?}: a duration must be longer than zero"));
     }
-    Ok(std::time::Duration::from_millis(millis))
+    Ok(Duration::from_millis(millis))
+}
+
+/// A duration as the command line writes it: read by [`parse_duration`],
+/// shown (as `--help` shows a default) in seconds, or in milliseconds when
+/// it is not a whole number of seconds, so that it reads back the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let millis = self.0.as_millis();
+        if millis.is_multiple_of(1_000) {
+            write!(f, "{}s", millis / 1_000)
+        } else {
+            write!(f, "{millis}ms")
+        }
+    }
+}
+
+pub(super) fn parse_span(text: &str) -> Result<Span, String> {
+    parse_duration(text).map(Span)
 }
 
 /// `30d` → `30 days`: an age as a Postgres interval.
@@ -94,21 +118,20 @@ mod tests {
 
     #[test]
     fn durations_read_with_their_unit() {
-        assert_eq!(
-            parse_duration("250ms"),
-            Ok(std::time::Duration::from_millis(250))
-        );
-        assert_eq!(
-            parse_duration("60s"),
-            Ok(std::time::Duration::from_secs(60))
-        );
-        assert_eq!(
-            parse_duration("5m"),
-            Ok(std::time::Duration::from_secs(300))
-        );
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn spans_show_as_they_are_written() {
+        for text in ["250ms", "60s", "10s", "1500ms"] {
+            assert_eq!(parse_span(text).unwrap().to_string(), text);
+        }
+        assert_eq!(parse_span("5m").unwrap().to_string(), "300s");
     }
 
     #[test]

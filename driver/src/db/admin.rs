@@ -1,11 +1,14 @@
 //! SQL behind the operator commands: plans files, tenants, API keys and
-//! cleanup.
+//! cleanup. These run once per command, so they take the plain
+//! `tokio_postgres::Client` a [`super::Client`] derefs to (and tests hold)
+//! and do not keep prepared statements.
 
 use std::collections::HashSet;
 
 use anyhow::{bail, Context, Result};
 use tokio_postgres::Client;
 
+use super::Error;
 use crate::api_keys::NewKey;
 use crate::plans_file::{PlanFileError, PlansFile};
 
@@ -37,7 +40,7 @@ pub async fn apply_plans(client: &mut Client, file: &PlansFile) -> Result<Vec<Ch
                  ON CONFLICT (metric) DO UPDATE SET kind = EXCLUDED.kind, stripe_meter_event = EXCLUDED.stripe_meter_event
                   WHERE (m.kind, m.stripe_meter_event) IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.stripe_meter_event)
                  RETURNING xmax = 0",
-                &[&metric.name, &metric.kind, &metric.stripe_meter_event],
+                &[&metric.name, &metric.kind.as_str(), &metric.stripe_meter_event],
             )
             .await
             .with_context(|| format!("line {}: metric {:?}", metric.line, metric.name))?;
@@ -144,7 +147,7 @@ pub async fn create_tenant(
     client: &Client,
     tenant_id: &str,
     plan_id: Option<&str>,
-) -> Result<String> {
+) -> Result<String, Error> {
     let row = match plan_id {
         Some(plan_id) => client
             .query_one(

@@ -5,10 +5,10 @@
 
 use deadpool_postgres::Transaction;
 use serde_json::Value;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Error, Row};
+use tally_rules::{Provider, TenantStatus};
 
-use crate::events::{Customer, Effect, Event, Provider, Standing, Subscription};
+use super::{execute, query_one, query_opt, Client, Error};
+use crate::events::{Customer, Effect, Event, Subscription};
 
 /// What became of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,11 +25,7 @@ pub enum Outcome {
     Deferred { why: String },
 }
 
-pub async fn apply(
-    client: &mut deadpool_postgres::Client,
-    event: &Event,
-    payload: &Value,
-) -> Result<Outcome, Error> {
+pub async fn apply(client: &mut Client, event: &Event, payload: &Value) -> Result<Outcome, Error> {
     let transaction = client.transaction().await?;
     let provider = event.provider.as_str();
     let locked: bool = query_one(
@@ -54,7 +50,7 @@ pub async fn apply(
 
 async fn effect(tx: &Transaction<'_>, event: &Event) -> Result<Outcome, Error> {
     let provider = event.provider;
-    let (customer, standing) = match &event.effect {
+    let (customer, status) = match &event.effect {
         Effect::Ignored => {
             return Ok(Outcome::Ignored {
                 why: "no effect for this event type",
@@ -85,9 +81,9 @@ async fn effect(tx: &Transaction<'_>, event: &Event) -> Result<Outcome, Error> {
         Effect::SubscriptionChanged(subscription) => {
             return subscription_changed(tx, event, subscription).await;
         }
-        Effect::PaymentSucceeded(customer) => (customer, Standing::Active),
-        Effect::PaymentFailed(customer) => (customer, Standing::PastDue),
-        Effect::ActionRequired(customer) => (customer, Standing::ActionRequired),
+        Effect::PaymentSucceeded(customer) => (customer, TenantStatus::Active),
+        Effect::PaymentFailed(customer) => (customer, TenantStatus::PastDue),
+        Effect::ActionRequired(customer) => (customer, TenantStatus::ActionRequired),
     };
     let Some(tenant_id) = tenant_of(tx, provider, customer).await? else {
         return Ok(not_linked(provider, customer));
@@ -95,7 +91,7 @@ async fn effect(tx: &Transaction<'_>, event: &Event) -> Result<Outcome, Error> {
     if let Effect::PaymentSucceeded(_) = event.effect {
         execute(tx, "SELECT tally.reset_usage($1)", &[&tenant_id]).await?;
     }
-    set_status(tx, &tenant_id, standing).await?;
+    set_status(tx, &tenant_id, status).await?;
     Ok(Outcome::Processed { tenant_id })
 }
 
@@ -121,7 +117,7 @@ async fn subscription_changed(
         });
     }
     link(tx, &tenant_id, provider, &sub.customer.id, Some(&sub.id)).await?;
-    let plan = if sub.standing == Standing::Canceled {
+    let plan = if sub.status == TenantStatus::Canceled {
         query_opt(tx, "SELECT plan_id FROM tally.plans WHERE is_default", &[])
             .await?
             .map(|row| row.get(0))
@@ -143,7 +139,7 @@ async fn subscription_changed(
             )
             .await?;
         }
-        None if sub.standing != Standing::Canceled => {
+        None if sub.status != TenantStatus::Canceled => {
             tracing::warn!(
                 event_id = %event.id,
                 tenant_id = %tenant_id,
@@ -155,7 +151,7 @@ async fn subscription_changed(
             tracing::warn!(event_id = %event.id, tenant_id = %tenant_id, "canceled, but no default plan to move to")
         }
     }
-    if let (Some((start, end)), false) = (sub.period, sub.standing == Standing::Canceled) {
+    if let (Some((start, end)), false) = (sub.period, sub.status == TenantStatus::Canceled) {
         execute(
             tx,
             "SELECT tally.start_period($1, $2, $3)",
@@ -163,7 +159,7 @@ async fn subscription_changed(
         )
         .await?;
     }
-    set_status(tx, &tenant_id, sub.standing).await?;
+    set_status(tx, &tenant_id, sub.status).await?;
     Ok(Outcome::Processed { tenant_id })
 }
 
@@ -195,11 +191,10 @@ async fn tenant_of(
     provider: Provider,
     customer: &Customer,
 ) -> Result<Option<String>, Error> {
-    let sql = match provider {
-        Provider::Stripe => "SELECT tenant_id FROM tally.tenants WHERE stripe_customer_id = $1",
-        Provider::Paddle => "SELECT tenant_id FROM tally.tenants WHERE paddle_customer_id = $1",
-    };
-    if let Some(row) = query_opt(tx, sql, &[&customer.id]).await? {
+    // Provider ids are unique in tally.provider_links, keyed by the id.
+    let sql = "SELECT tenant_id FROM tally.provider_links
+                WHERE provider = $1 AND object = 'customer' AND object_id = $2";
+    if let Some(row) = query_opt(tx, sql, &[&provider.as_str(), &customer.id]).await? {
         return Ok(Some(row.get(0)));
     }
     match &customer.tenant_hint {
@@ -249,43 +244,13 @@ async fn plan_for_price(
 async fn set_status(
     tx: &Transaction<'_>,
     tenant_id: &str,
-    standing: Standing,
+    status: TenantStatus,
 ) -> Result<(), Error> {
     execute(
         tx,
         "SELECT tally.set_tenant_status($1, $2)",
-        &[&tenant_id, &standing.as_str()],
+        &[&tenant_id, &status.as_str()],
     )
     .await?;
     Ok(())
-}
-
-// Every statement here is prepared once per connection and reused: an event
-// costs one round trip per statement and no planning.
-
-async fn execute(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<u64, Error> {
-    let statement = tx.prepare_cached(sql).await?;
-    tx.execute(&statement, params).await
-}
-
-async fn query_one(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Row, Error> {
-    let statement = tx.prepare_cached(sql).await?;
-    tx.query_one(&statement, params).await
-}
-
-async fn query_opt(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Option<Row>, Error> {
-    let statement = tx.prepare_cached(sql).await?;
-    tx.query_opt(&statement, params).await
 }

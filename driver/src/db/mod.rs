@@ -1,24 +1,43 @@
-//! The one place that talks SQL to the extension: tenant API calls
-//! (`tenant_api`), provider events (`events`), operator commands (`admin`),
-//! and connections and migrations here.
+//! The one place that talks SQL to the extension: the tenant API
+//! (`tenant_api`), provider events (`events`), the usage-report queue
+//! (`reports`), operator commands (`admin`), and here the extension's own
+//! version and migrations.
+//!
+//! Every connection tallyd opens is a [`Client`]: the server borrows them
+//! from a [`Pool`] ([`PooledClient`] derefs to one), an operator command
+//! opens one with [`connect`]. The hot statements go through the helpers
+//! here ([`query`], [`query_one`], [`query_opt`], [`execute`]) on a
+//! connection or a transaction ([`Session`]), prepared once per connection;
+//! the operator statements, run once per process, take the plain
+//! `tokio_postgres::Client` every [`Client`] derefs to. Whatever fails comes
+//! back as one [`Error`].
 
 pub mod admin;
+mod error;
 pub mod events;
 pub mod reports;
 pub mod tenant_api;
 
+use std::future::Future;
+
 use anyhow::{bail, Context, Result};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{Client, NoTls};
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, NoTls, Row, Statement};
+
+/// A connection with its cache of prepared statements.
+pub use deadpool_postgres::ClientWrapper as Client;
+pub use deadpool_postgres::Pool;
+pub use error::{Error, ErrorKind, Missing};
+
+/// A [`Client`] on loan from the [`Pool`]; it derefs to the [`Client`].
+pub type PooledClient = deadpool_postgres::Client;
 
 /// A connection pool for the server. Connections are made lazily; a bad URL
 /// is reported at once.
 pub fn pool(url: &str, size: usize) -> Result<Pool> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .context("DATABASE_URL is not a valid Postgres URL")?;
     let manager = Manager::from_config(
-        config,
+        parse(url)?,
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -30,13 +49,8 @@ pub fn pool(url: &str, size: usize) -> Result<Pool> {
         .context("building the database pool")
 }
 
-/// The SQLSTATE of a database error, if it is one.
-pub fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
-    error.as_db_error().map(|error| error.code().code())
-}
-
 /// The installed extension's version, if it is installed.
-pub async fn extension_version(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
+pub async fn extension_version(client: &tokio_postgres::Client) -> Result<Option<String>, Error> {
     let row = client
         .query_opt(
             "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'tally'",
@@ -46,22 +60,25 @@ pub async fn extension_version(client: &Client) -> Result<Option<String>, tokio_
     Ok(row.map(|row| row.get(0)))
 }
 
-/// Connect to `url`, driving the connection on a background task. Errors
-/// name the server but never the password.
+/// One connection, for an operator command. Errors name the server but
+/// never the password.
 pub async fn connect(url: &str) -> Result<Client> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .context("DATABASE_URL is not a valid Postgres URL")?;
+    let config = parse(url)?;
     let (client, connection) = config
         .connect(NoTls)
         .await
         .with_context(|| format!("cannot connect to the database at {}", describe(&config)))?;
-    tokio::spawn(async move {
+    let connection = tokio::spawn(async move {
         if let Err(error) = connection.await {
-            eprintln!("database connection closed: {error}");
+            tracing::warn!(error = %error, "database connection closed");
         }
     });
-    Ok(client)
+    Ok(Client::new(client, connection))
+}
+
+fn parse(url: &str) -> Result<tokio_postgres::Config> {
+    url.parse()
+        .context("DATABASE_URL is not a valid Postgres URL")
 }
 
 /// `user@host:port/dbname`, for messages.
@@ -91,7 +108,7 @@ pub enum Migration {
 }
 
 /// Create the extension, or upgrade it to `target`, in one transaction.
-pub async fn migrate(client: &mut Client, target: &str) -> Result<Migration> {
+pub async fn migrate(client: &mut tokio_postgres::Client, target: &str) -> Result<Migration> {
     let transaction = client.transaction().await?;
     let available = transaction
         .query_opt(
@@ -137,4 +154,86 @@ pub async fn migrate(client: &mut Client, target: &str) -> Result<Migration> {
     };
     transaction.commit().await?;
     Ok(migration)
+}
+
+/// Where statements run: a connection, or a transaction on one. Either way
+/// a statement is prepared the first time its connection runs it and reused
+/// after, so a call costs one round trip per statement and no planning.
+pub trait Session: Sync {
+    /// What runs a prepared statement: the connection or the transaction.
+    type Runner: GenericClient + Sync;
+
+    fn runner(&self) -> &Self::Runner;
+
+    /// `sql`, prepared on this connection once.
+    fn statement(
+        &self,
+        sql: &str,
+    ) -> impl Future<Output = Result<Statement, tokio_postgres::Error>> + Send;
+}
+
+impl Session for Client {
+    type Runner = tokio_postgres::Client;
+
+    fn runner(&self) -> &tokio_postgres::Client {
+        self
+    }
+
+    fn statement(
+        &self,
+        sql: &str,
+    ) -> impl Future<Output = Result<Statement, tokio_postgres::Error>> + Send {
+        self.prepare_cached(sql)
+    }
+}
+
+impl<'a> Session for deadpool_postgres::Transaction<'a> {
+    type Runner = tokio_postgres::Transaction<'a>;
+
+    fn runner(&self) -> &tokio_postgres::Transaction<'a> {
+        self
+    }
+
+    fn statement(
+        &self,
+        sql: &str,
+    ) -> impl Future<Output = Result<Statement, tokio_postgres::Error>> + Send {
+        self.prepare_cached(sql)
+    }
+}
+
+pub async fn query(
+    session: &impl Session,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, Error> {
+    let statement = session.statement(sql).await?;
+    Ok(session.runner().query(&statement, params).await?)
+}
+
+pub async fn query_one(
+    session: &impl Session,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row, Error> {
+    let statement = session.statement(sql).await?;
+    Ok(session.runner().query_one(&statement, params).await?)
+}
+
+pub async fn query_opt(
+    session: &impl Session,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, Error> {
+    let statement = session.statement(sql).await?;
+    Ok(session.runner().query_opt(&statement, params).await?)
+}
+
+pub async fn execute(
+    session: &impl Session,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, Error> {
+    let statement = session.statement(sql).await?;
+    Ok(session.runner().execute(&statement, params).await?)
 }

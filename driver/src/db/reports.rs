@@ -3,22 +3,20 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Client;
-use tokio_postgres::Error;
+
+use super::{execute, query, query_one, Client, Error};
 
 use crate::worker::stripe::Report;
 
 /// Claim up to `batch` due reports for `lease`.
 pub async fn claim(client: &Client, batch: i32, lease: Duration) -> Result<Vec<Report>, Error> {
-    let statement = client
-        .prepare_cached(
-            "SELECT id, tenant_id, event_name, units, identifier, stripe_customer_id, created_at, attempts
+    let rows = query(
+        client,
+        "SELECT id, tenant_id, event_name, units, identifier, stripe_customer_id, created_at, attempts
                FROM tally.claim_usage_reports($1, make_interval(secs => $2))",
-        )
-        .await?;
-    let rows = client
-        .query(&statement, &[&batch, &lease.as_secs_f64()])
-        .await?;
+        &[&batch, &lease.as_secs_f64()],
+    )
+    .await?;
     Ok(rows
         .iter()
         .map(|row| Report {
@@ -35,10 +33,7 @@ pub async fn claim(client: &Client, batch: i32, lease: Duration) -> Result<Vec<R
 }
 
 pub async fn complete(client: &Client, id: i64) -> Result<(), Error> {
-    let statement = client
-        .prepare_cached("SELECT tally.complete_usage_report($1)")
-        .await?;
-    client.execute(&statement, &[&id]).await?;
+    execute(client, "SELECT tally.complete_usage_report($1)", &[&id]).await?;
     Ok(())
 }
 
@@ -49,15 +44,15 @@ pub async fn fail(
     permanent: bool,
     retry_after: Option<Duration>,
 ) -> Result<(), Error> {
-    let statement = client
-        .prepare_cached("SELECT tally.fail_usage_report($1, $2, $3, make_interval(secs => $4))")
-        .await?;
     let retry_after = retry_after
         .filter(|after| !after.is_zero())
         .map(|after| after.as_secs_f64());
-    client
-        .execute(&statement, &[&id, &error, &permanent, &retry_after])
-        .await?;
+    execute(
+        client,
+        "SELECT tally.fail_usage_report($1, $2, $3, make_interval(secs => $4))",
+        &[&id, &error, &permanent, &retry_after],
+    )
+    .await?;
     Ok(())
 }
 
@@ -71,13 +66,13 @@ pub struct QueueStats {
 }
 
 pub async fn stats(client: &Client) -> Result<QueueStats, Error> {
-    let row = client
-        .query_one(
-            "SELECT pending, leased, due, failed, extract(epoch FROM oldest_pending_age)::float8
+    let row = query_one(
+        client,
+        "SELECT pending, leased, due, failed, extract(epoch FROM oldest_pending_age)::float8
                FROM tally.usage_report_stats()",
-            &[],
-        )
-        .await?;
+        &[],
+    )
+    .await?;
     Ok(QueueStats {
         pending: row.get(0),
         leased: row.get(1),
@@ -100,14 +95,14 @@ pub struct FailedReport {
 
 /// Failed reports, newest first.
 pub async fn failed(client: &Client, limit: i64) -> Result<Vec<FailedReport>, Error> {
-    let rows = client
-        .query(
-            "SELECT id, tenant_id, metric, units, attempts, failed_at, last_error
+    let rows = query(
+        client,
+        "SELECT id, tenant_id, metric, units, attempts, failed_at, last_error
                FROM tally.usage_reports WHERE status = 'failed'
               ORDER BY failed_at DESC, id DESC LIMIT $1",
-            &[&limit],
-        )
-        .await?;
+        &[&limit],
+    )
+    .await?;
     Ok(rows
         .iter()
         .map(|row| FailedReport {
@@ -124,8 +119,11 @@ pub async fn failed(client: &Client, limit: i64) -> Result<Vec<FailedReport>, Er
 
 /// Put failed reports back in the queue: these ids, or all of them.
 pub async fn requeue(client: &Client, ids: Option<&[i64]>) -> Result<i64, Error> {
-    let row = client
-        .query_one("SELECT tally.requeue_failed_usage_reports($1)", &[&ids])
-        .await?;
+    let row = query_one(
+        client,
+        "SELECT tally.requeue_failed_usage_reports($1)",
+        &[&ids],
+    )
+    .await?;
     Ok(row.get(0))
 }

@@ -4,19 +4,9 @@
 //! trip per statement and no planning.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Client;
 use serde::Serialize;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Error, Row};
 
-async fn query_one(
-    client: &Client,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Row, Error> {
-    let statement = client.prepare_cached(sql).await?;
-    client.query_one(&statement, params).await
-}
+use super::{query, query_one, Client, Error};
 
 /// The tenant of an active API key, by the key's hash.
 pub async fn tenant_for_key(client: &Client, key_hash: &str) -> Result<Option<String>, Error> {
@@ -91,40 +81,37 @@ pub struct Usage {
 }
 
 /// Where a tenant stands, as one consistent read.
-pub async fn usage(
-    client: &mut deadpool_postgres::Client,
-    tenant_id: &str,
-) -> Result<Usage, Error> {
+pub async fn usage(client: &mut Client, tenant_id: &str) -> Result<Usage, Error> {
     let transaction = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await?;
-    let summary = transaction
-        .prepare_cached(
-            "SELECT metric, kind, used, max_units, remaining, period_start, period_end
+    let metrics = query(
+        &transaction,
+        "SELECT metric, kind, used, max_units, remaining, period_start, period_end
                FROM tally.usage_summary($1)",
-        )
-        .await?;
-    let metrics = transaction
-        .query(&summary, &[&tenant_id])
-        .await?
-        .iter()
-        .map(|row| MetricUsage {
-            metric: row.get(0),
-            kind: row.get(1),
-            used: row.get(2),
-            max_units: row.get(3),
-            remaining: row.get(4),
-            period_start: row.get(5),
-            period_end: row.get(6),
-        })
-        .collect();
-    let plan = transaction
-        .prepare_cached("SELECT plan_id, status FROM tally.tenants WHERE tenant_id = $1")
-        .await?;
-    let tenant = transaction.query_one(&plan, &[&tenant_id]).await?;
+        &[&tenant_id],
+    )
+    .await?
+    .iter()
+    .map(|row| MetricUsage {
+        metric: row.get(0),
+        kind: row.get(1),
+        used: row.get(2),
+        max_units: row.get(3),
+        remaining: row.get(4),
+        period_start: row.get(5),
+        period_end: row.get(6),
+    })
+    .collect();
+    let tenant = query_one(
+        &transaction,
+        "SELECT plan_id, status FROM tally.tenants WHERE tenant_id = $1",
+        &[&tenant_id],
+    )
+    .await?;
     transaction.commit().await?;
     Ok(Usage {
         tenant_id: tenant_id.to_string(),

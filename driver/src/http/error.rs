@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::db;
+use crate::db::{self, ErrorKind, Missing};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -61,30 +61,31 @@ impl ApiError {
 
     /// A database error: tally's own errors become the answer they describe
     /// (their messages are written for callers); anything else is internal.
-    pub fn from_db(context: &str, error: tokio_postgres::Error) -> ApiError {
-        let message = error
-            .as_db_error()
-            .map(|e| e.message().to_string())
-            .unwrap_or_default();
-        match db::sqlstate(&error) {
-            Some("P0002") => {
-                let code = match message.as_str() {
-                    "metric not found" => "metric_not_found",
-                    "plan not found" => "plan_not_found",
-                    "tenant not found" => "tenant_not_found",
-                    _ => "not_found",
+    pub fn from_db(context: &str, error: db::Error) -> ApiError {
+        let message = error.message().unwrap_or_default().to_string();
+        match error.kind() {
+            ErrorKind::NotFound(missing) => {
+                let code = match missing {
+                    Missing::Metric => "metric_not_found",
+                    Missing::Plan => "plan_not_found",
+                    Missing::Tenant => "tenant_not_found",
+                    Missing::Report | Missing::Other => "not_found",
                 };
                 ApiError::new(StatusCode::NOT_FOUND, code, message)
             }
-            Some("22023" | "22004") => ApiError::bad_request("invalid_request", message),
-            Some("22003") => {
+            ErrorKind::InvalidArgument => ApiError::bad_request("invalid_request", message),
+            ErrorKind::OutOfRange => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "out_of_range", message)
             }
-            Some("55000") => ApiError::new(StatusCode::CONFLICT, "refused", message),
-            Some("40001" | "40P01") => {
+            ErrorKind::Refused => ApiError::new(StatusCode::CONFLICT, "refused", message),
+            ErrorKind::Conflict => {
                 ApiError::unavailable("retry", "the request conflicted with another; retry it", 1)
             }
-            _ => ApiError::internal(context, &error),
+            // No tenant API call raises these for a caller's mistake: a
+            // customer linked to another tenant, say, needs an operator.
+            ErrorKind::AlreadyExists | ErrorKind::MissingReference | ErrorKind::Other => {
+                ApiError::internal(context, &error)
+            }
         }
     }
 }

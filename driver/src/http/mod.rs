@@ -14,11 +14,11 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use deadpool_postgres::Pool;
 use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
 
+use crate::db::{Pool, PooledClient};
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::signature::Secrets;
 
@@ -32,7 +32,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub async fn client(&self) -> Result<deadpool_postgres::Client, ApiError> {
+    pub async fn client(&self) -> Result<PooledClient, ApiError> {
         self.pool.get().await.map_err(|error| {
             tracing::error!(error = %error, "no database connection");
             ApiError::unavailable(

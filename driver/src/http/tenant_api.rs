@@ -11,13 +11,14 @@ use serde_json::{json, Value};
 use super::{ApiError, AppState, JsonBody};
 use crate::api_keys;
 use crate::db::tenant_api as db;
+use crate::db::PooledClient;
 use crate::metrics::OutcomeLabels;
 
 /// An authenticated request: the key's tenant, and the connection that
 /// looked it up, reused for the request itself.
 pub struct Authed {
     tenant_id: String,
-    client: deadpool_postgres::Client,
+    client: PooledClient,
 }
 
 impl FromRequestParts<AppState> for Authed {

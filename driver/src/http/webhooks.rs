@@ -9,9 +9,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
 
+use tally_rules::Provider;
+
 use super::{ApiError, AppState, RawBody};
 use crate::db::events::{self as db, Outcome};
-use crate::events::{self, Provider};
+use crate::events;
 use crate::signature;
 
 pub async fn stripe(

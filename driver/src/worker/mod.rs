@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use deadpool_postgres::Pool;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::reports as db;
+use crate::db::Pool;
 use crate::metrics::{Metrics, OutcomeLabels};
 use limiter::RateLimiter;
 use stripe::{MeterClient, Report, Verdict};
@@ -41,15 +41,21 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
 }
 
+impl WorkerConfig {
+    /// The defaults, here once: `tallyd serve` and `tallyd worker` show and
+    /// use them for the flags not given.
+    pub const DEFAULT: WorkerConfig = WorkerConfig {
+        batch: 100,
+        lease: Duration::from_secs(60),
+        concurrency: 16,
+        rate: 800.0,
+        poll_interval: Duration::from_millis(250),
+    };
+}
+
 impl Default for WorkerConfig {
     fn default() -> WorkerConfig {
-        WorkerConfig {
-            batch: 100,
-            lease: Duration::from_secs(60),
-            concurrency: 16,
-            rate: 800.0,
-            poll_interval: Duration::from_millis(250),
-        }
+        WorkerConfig::DEFAULT
     }
 }
 
@@ -104,16 +110,18 @@ pub async fn run(
                 shutdown.clone(),
             );
             in_flight.spawn(async move {
+                // A report that cannot be sent is decided before it waits
+                // for the rate limit, and takes no share of it.
                 let verdict = match stripe::precheck(&report, Utc::now()) {
-                    Some(verdict) => verdict,
-                    None => {
+                    Err(verdict) => verdict,
+                    Ok(customer) => {
                         // Not started yet: a shutdown leaves it to its lease.
                         tokio::select! {
                             _ = limiter.acquire() => {}
                             _ = shutdown.cancelled() => return,
                         }
                         let started = std::time::Instant::now();
-                        let verdict = stripe::send(&client, &report, Utc::now()).await;
+                        let verdict = stripe::send(&client, &report, customer).await;
                         metrics
                             .report_send_seconds
                             .observe(started.elapsed().as_secs_f64());

@@ -204,26 +204,27 @@ pub enum Verdict {
     },
 }
 
-/// What can be decided without asking Stripe.
-pub fn precheck(report: &Report, now: DateTime<Utc>) -> Option<Verdict> {
+/// What can be decided without asking Stripe: the verdict, or else the
+/// Stripe customer to send the report for.
+pub fn precheck(report: &Report, now: DateTime<Utc>) -> Result<&str, Verdict> {
     if now - report.created_at > MAX_AGE {
-        return Some(Verdict::Permanent {
+        return Err(Verdict::Permanent {
             error: format!(
                 "usage from {} is older than the 35 days Stripe accepts",
                 report.created_at.format("%Y-%m-%d %H:%M UTC")
             ),
         });
     }
-    if report.stripe_customer_id.is_none() {
-        return Some(Verdict::Transient {
+    report
+        .stripe_customer_id
+        .as_deref()
+        .ok_or_else(|| Verdict::Transient {
             error: format!(
                 "tenant {:?} has no Stripe customer linked yet",
                 report.tenant_id
             ),
             retry_after: None,
-        });
-    }
-    None
+        })
 }
 
 /// 2xx: sent. 408, 409, 429, 5xx and no answer: transient. Any other 4xx:
@@ -272,12 +273,8 @@ pub fn meter_event(report: &Report, customer: &str) -> (CreateBillingMeterEvent,
     (event, key)
 }
 
-/// Send one report; says what to record.
-pub async fn send(client: &MeterClient, report: &Report, now: DateTime<Utc>) -> Verdict {
-    if let Some(verdict) = precheck(report, now) {
-        return verdict;
-    }
-    let customer = report.stripe_customer_id.as_deref().unwrap_or_default();
+/// Send one report for `customer` (from [`precheck`]); says what to record.
+pub async fn send(client: &MeterClient, report: &Report, customer: &str) -> Verdict {
     let (event, key) = meter_event(report, customer);
     let result = event
         .customize()
@@ -361,14 +358,14 @@ mod tests {
     #[test]
     fn old_usage_is_permanent_and_a_missing_customer_transient() {
         let now = Utc::now();
-        assert_eq!(precheck(&report(), now), None);
+        assert_eq!(precheck(&report(), now), Ok("cus_acme"));
         let old = Report {
             created_at: now - chrono::TimeDelta::days(36),
             ..report()
         };
         assert!(matches!(
             precheck(&old, now),
-            Some(Verdict::Permanent { .. })
+            Err(Verdict::Permanent { .. })
         ));
         let unlinked = Report {
             stripe_customer_id: None,
@@ -376,7 +373,7 @@ mod tests {
         };
         assert!(matches!(
             precheck(&unlinked, now),
-            Some(Verdict::Transient { .. })
+            Err(Verdict::Transient { .. })
         ));
     }
 

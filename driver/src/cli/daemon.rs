@@ -1,0 +1,181 @@
+//! The long-running commands, `serve` and `worker`: their flags, turned into
+//! a [`Config`] or a [`WorkerConfig`], and a shutdown on SIGTERM or ctrl-c.
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::format::{parse_span, Span};
+use crate::signature::Secrets;
+use crate::telemetry::{self, LogFormat};
+use crate::worker::stripe::MeterClient;
+use crate::worker::WorkerConfig;
+use crate::Config;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Stripe webhook signing secrets, comma-separated (several while rotating).
+    #[arg(
+        long,
+        env = "STRIPE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub stripe_webhook_secret: String,
+    /// Paddle webhook signing secrets, comma-separated.
+    #[arg(
+        long,
+        env = "PADDLE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub paddle_webhook_secret: String,
+    /// Log format.
+    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Database connections at most.
+    #[arg(long, env = "TALLY_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "TALLY_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+    /// Do not run the usage-report worker in this process.
+    #[arg(long)]
+    pub no_worker: bool,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// The worker's flags. Their defaults are [`WorkerConfig::DEFAULT`], so a
+/// worker started from the command line and one started by a test (with
+/// `WorkerConfig::default()`) behave alike.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Stripe secret key, for sending usage reports.
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true)]
+    pub stripe_secret_key: Option<String>,
+    /// Stripe's API address (tests and the demo point it at a local fake).
+    #[arg(
+        long,
+        env = "STRIPE_API_BASE",
+        default_value = "https://api.stripe.com/"
+    )]
+    pub stripe_api_base: String,
+    /// Usage reports sent per second at most (Stripe takes 1,000 meter events/s).
+    #[arg(long, env = "TALLY_WORKER_RATE", default_value_t = WorkerConfig::DEFAULT.rate)]
+    pub worker_rate: f64,
+    /// Sends in flight at most.
+    #[arg(long, env = "TALLY_WORKER_CONCURRENCY", default_value_t = WorkerConfig::DEFAULT.concurrency)]
+    pub worker_concurrency: usize,
+    /// Reports claimed at a time.
+    #[arg(long, env = "TALLY_WORKER_BATCH", default_value_t = WorkerConfig::DEFAULT.batch)]
+    pub worker_batch: i32,
+    /// How long a claim holds its reports: a worker that dies gives them back after it. 60s, 5m, …
+    #[arg(long, env = "TALLY_WORKER_LEASE", default_value_t = Span(WorkerConfig::DEFAULT.lease), value_parser = parse_span)]
+    pub worker_lease: Span,
+    /// Pause before looking again when the queue is empty. 250ms, 1s, …
+    #[arg(long, env = "TALLY_WORKER_POLL", default_value_t = Span(WorkerConfig::DEFAULT.poll_interval), value_parser = parse_span)]
+    pub worker_poll: Span,
+    /// Time allowed for one send to Stripe.
+    #[arg(long, env = "TALLY_STRIPE_TIMEOUT", default_value = "10s", value_parser = parse_span)]
+    pub stripe_timeout: Span,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerCommandArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Log format.
+    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl WorkerArgs {
+    /// The worker these flags describe; none without a Stripe secret key.
+    fn worker(&self) -> Result<Option<(MeterClient, WorkerConfig)>> {
+        let Some(key) = self
+            .stripe_secret_key
+            .as_deref()
+            .filter(|key| !key.is_empty())
+        else {
+            return Ok(None);
+        };
+        let rate_ok = self.worker_rate.is_finite() && self.worker_rate > 0.0;
+        if !rate_ok || self.worker_concurrency == 0 || self.worker_batch <= 0 {
+            bail!("the worker's rate, concurrency and batch must be positive");
+        }
+        let client = MeterClient::new(key, &self.stripe_api_base, self.stripe_timeout.0)?;
+        let config = WorkerConfig {
+            batch: self.worker_batch,
+            lease: self.worker_lease.0,
+            concurrency: self.worker_concurrency,
+            rate: self.worker_rate,
+            poll_interval: self.worker_poll.0,
+        };
+        Ok(Some((client, config)))
+    }
+}
+
+/// `tallyd serve`.
+pub(super) async fn serve(url: &str, args: ServeArgs) -> Result<()> {
+    telemetry::init(args.log_format);
+    let config = Config {
+        database_url: url.to_string(),
+        pool_size: args.pool_size,
+        stripe_webhook_secrets: Secrets::parse(&args.stripe_webhook_secret),
+        paddle_webhook_secrets: Secrets::parse(&args.paddle_webhook_secret),
+        max_body_bytes: args.max_body_bytes,
+        worker: if args.no_worker {
+            None
+        } else {
+            args.worker.worker()?
+        },
+    };
+    if config.stripe_webhook_secrets.is_empty() && config.paddle_webhook_secrets.is_empty() {
+        tracing::warn!("no webhook secret is configured: provider webhooks are refused");
+    }
+    if !args.no_worker && config.worker.is_none() {
+        tracing::warn!("no STRIPE_SECRET_KEY: usage reports are not sent (run a worker elsewhere, or pass --no-worker)");
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    crate::run(config, listener, shutdown).await
+}
+
+/// `tallyd worker`.
+pub(super) async fn worker(url: &str, args: WorkerCommandArgs) -> Result<()> {
+    telemetry::init(args.log_format);
+    let Some((client, config)) = args.worker.worker()? else {
+        bail!("no Stripe secret key: set STRIPE_SECRET_KEY or pass --stripe-secret-key");
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    crate::run_worker(url, client, config, shutdown).await
+}
+
+/// Cancel on SIGTERM or ctrl-c: the server finishes what is in flight.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    shutdown.cancel();
+}
