@@ -74,7 +74,7 @@ say "building tallyd"
 cargo build --locked -p tallyd
 export TALLY_TEST_DATABASE_URL TALLY_TEST_PYTHON=$TALLY_VENV/bin/python
 TALLY_TEST_DATABASE_URL=$(cluster_url "$port")
-suite integration cargo test --locked -p tally-tests
+suite integration cargo test --locked --no-fail-fast -p tally-tests
 # Again on databases that installed each earlier released version and
 # upgraded it.
 for script in sql/released/tally--*.sql; do
@@ -82,7 +82,11 @@ for script in sql/released/tally--*.sql; do
     version=${version%.sql}
     if [ "$version" = "$current" ]; then continue; fi
     suite "integration-upgraded-from-$version" env TALLY_TEST_UPGRADE_FROM="$version" \
-        cargo test --locked -p tally-tests
+        cargo test --locked --no-fail-fast -p tally-tests
 done
+
+# A new build installed under a live session: the server and the session
+# survive, and the library file is replaced, not rewritten.
+suite live-install bash scripts/check_live_install.sh "$port" debug
 
 exit $failed
