@@ -222,6 +222,8 @@ pub fn used(client: &mut Client, tenant: &str, metric: &str) -> i64 {
 
 /// Run `calls` on `connections` connections of their own, all released at
 /// once by a barrier after connecting; returns each call's result in order.
+/// The callers connect as a `tally_admin` login role, never a superuser, so
+/// the races run through the same grants an application's would.
 /// Call `i` runs on connection `i % connections`.
 pub fn race<T, F>(db: &TestDb, connections: usize, calls: usize, call: F) -> Vec<T>
 where
@@ -232,7 +234,8 @@ where
     let barrier = Arc::new(Barrier::new(connections));
     let handles: Vec<_> = (0..connections)
         .map(|worker| {
-            let (call, barrier, mut client) = (call.clone(), barrier.clone(), db.connect());
+            let (call, barrier, mut client) =
+                (call.clone(), barrier.clone(), db.connect_as("tally_admin"));
             thread::spawn(move || {
                 barrier.wait();
                 (worker..calls)
