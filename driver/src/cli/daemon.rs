@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::BoolishValueParser;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +38,7 @@ pub struct ServeArgs {
     pub no_worker: bool,
     /// Run even when the database role is a superuser (tallyd needs only a
     /// role granted tally_daemon); logs a warning.
-    #[arg(long, env = "TALLY_ALLOW_SUPERUSER")]
+    #[arg(long, env = "TALLY_ALLOW_SUPERUSER", value_parser = BoolishValueParser::new())]
     pub allow_superuser: bool,
     #[command(flatten)]
     pub worker: WorkerArgs,
@@ -83,7 +84,7 @@ pub struct WorkerCommandArgs {
     pub worker: WorkerArgs,
     /// Run even when the database role is a superuser (tallyd needs only a
     /// role granted tally_daemon); logs a warning.
-    #[arg(long, env = "TALLY_ALLOW_SUPERUSER")]
+    #[arg(long, env = "TALLY_ALLOW_SUPERUSER", value_parser = BoolishValueParser::new())]
     pub allow_superuser: bool,
     /// Log format.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
