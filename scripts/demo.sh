@@ -57,7 +57,7 @@ key=$("$tallyd" api-key create globex --label demo | tail -n 1)
 echo "tly_…  (shown once)"
 
 say "tallyd serve on $api (the usage-report worker runs later, on its own)"
-"$tallyd" serve --no-worker --listen "127.0.0.1:$api_port" 2>"$TALLY_RUN_DIR/demo/tallyd.log" &
+"$tallyd" serve --allow-superuser --no-worker --listen "127.0.0.1:$api_port" 2>"$TALLY_RUN_DIR/demo/tallyd.log" &
 tallyd_pid=$!
 trap 'kill $tallyd_pid ${fake_pid:-} ${worker_pid:-} 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -93,7 +93,7 @@ fake_pid=$!
 show "tallyd reports"
 "$tallyd" reports
 show "tallyd worker   (against a local fake of Stripe that fails 30% of calls with a 500)"
-"$tallyd" worker 2>"$TALLY_RUN_DIR/demo/worker.log" &
+"$tallyd" worker --allow-superuser 2>"$TALLY_RUN_DIR/demo/worker.log" &
 worker_pid=$!
 for _ in $(seq 600); do
     pending=$(pg "$port" -d $database -At -c "SELECT pending FROM tally.usage_report_stats()")
@@ -119,7 +119,7 @@ cat <<MSG
 
 The demo cluster keeps running (tallyd's log: $TALLY_RUN_DIR/demo/tallyd.log). Try it yourself:
   psql $DATABASE_URL
-  DATABASE_URL=$DATABASE_URL $tallyd serve --listen 127.0.0.1:$api_port
+  DATABASE_URL=$DATABASE_URL $tallyd serve --allow-superuser --listen 127.0.0.1:$api_port
 Stop it with:
   runuser -u postgres -- $PG_BIN/pg_ctl -D $TALLY_RUN_DIR/demo/data stop
 MSG

@@ -68,6 +68,7 @@ impl Server {
             stripe_webhook_secrets: tallyd::signature::Secrets::parse(stripe_secrets),
             paddle_webhook_secrets: tallyd::signature::Secrets::parse(paddle_secrets),
             max_body_bytes: 64 * 1024,
+            allow_superuser: true,
             worker,
         };
         let shutdown = CancellationToken::new();

@@ -243,7 +243,14 @@ fn serve_logs_json_without_secrets_and_stops_cleanly_on_sigterm() {
         .unwrap();
     let secret = "whsec_do_not_log_me";
     let mut child = Command::new(tallyd_binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "serve",
+            "--allow-superuser",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .env("DATABASE_URL", db.url())
         .env("STRIPE_WEBHOOK_SECRET", secret)
         .stderr(Stdio::piped())

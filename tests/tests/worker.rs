@@ -78,7 +78,9 @@ fn start_worker(
     let (shutdown, url) = (CancellationToken::new(), db.url().to_string());
     let token = shutdown.clone();
     let handle =
-        tokio::spawn(async move { tallyd::run_worker(&url, client, config(rate), token).await });
+        tokio::spawn(
+            async move { tallyd::run_worker(&url, true, client, config(rate), token).await },
+        );
     (shutdown, handle)
 }
 
@@ -87,6 +89,7 @@ fn spawn_worker(db: &TestDb, fake: &FakeStripe, lease: &str) -> Child {
     Command::new(tallyd_binary())
         .args([
             "worker",
+            "--allow-superuser",
             "--worker-lease",
             lease,
             "--worker-rate",
