@@ -56,7 +56,9 @@ suite rules cargo test --locked -p tally-rules
 # cargo-pgrx starts as the postgres user.
 pgrx_data=$TALLY_RUN_DIR/pgrx-test
 mkdir -p "$pgrx_data" && chown postgres: "$pgrx_data" && chmod 1777 "$TALLY_RUN_DIR"
-suite extension bash -c "cd extension && cargo pgrx test pg$PG_MAJOR --runas postgres --pgdata '$pgrx_data'"
+# Without RUST_BACKTRACE, which the throwaway cluster would inherit (see
+# cluster_start in lib.sh).
+suite extension env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE bash -c "cd extension && cargo pgrx test pg$PG_MAJOR --runas postgres --pgdata '$pgrx_data'"
 
 suite driver cargo test --locked -p tallyd
 
