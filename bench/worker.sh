@@ -25,7 +25,8 @@ tallyd=$CARGO_TARGET_DIR/release/tallyd
 fake=$CARGO_TARGET_DIR/release/fake-stripe
 cluster_start bench "$port"
 pg "$port" -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" -c "CREATE DATABASE $database"
-export DATABASE_URL
+# Benchmarks measure tallyd, not the roles: they run it as the superuser.
+export DATABASE_URL TALLY_ALLOW_SUPERUSER=1
 DATABASE_URL=$(cluster_url "$port" $database)
 "$tallyd" migrate >/dev/null
 pg "$port" -d $database <<'EOF'

@@ -19,11 +19,24 @@ cluster_start demo "$port"
 
 say "a fresh database: $database"
 pg "$port" -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" -c "CREATE DATABASE $database"
+# As a deployment would: a superuser migrates; an operator role granted
+# tally_admin does the rest; tallyd serve and worker connect as a role
+# granted tally_daemon (see README, "Deploying").
+TALLY_ADMIN_DATABASE_URL=$(cluster_url "$port" $database) "$tallyd" migrate
+pg "$port" -d $database -c "
+    DO \$\$ BEGIN
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tally_demo_admin') THEN
+            CREATE ROLE tally_demo_admin LOGIN; END IF;
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tally_demo_daemon') THEN
+            CREATE ROLE tally_demo_daemon LOGIN; END IF;
+    END \$\$;
+    GRANT tally_admin TO tally_demo_admin;
+    GRANT tally_daemon TO tally_demo_daemon;" 2>/dev/null
 export DATABASE_URL
-DATABASE_URL=$(cluster_url "$port" $database)
-"$tallyd" migrate
+DATABASE_URL=postgresql://tally_demo_admin@127.0.0.1:$port/$database
+daemon_url=postgresql://tally_demo_daemon@127.0.0.1:$port/$database
 
-pg "$port" -d $database -f "$TALLY_ROOT/scripts/demo.sql"
+"$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -f "$TALLY_ROOT/scripts/demo.sql"
 
 # The daemon: a plans file, a tenant with an API key, the tenant API over
 # HTTP, and signed Stripe webhooks.
@@ -57,7 +70,7 @@ key=$("$tallyd" api-key create globex --label demo | tail -n 1)
 echo "tly_…  (shown once)"
 
 say "tallyd serve on $api (the usage-report worker runs later, on its own)"
-"$tallyd" serve --no-worker --listen "127.0.0.1:$api_port" 2>"$TALLY_RUN_DIR/demo/tallyd.log" &
+DATABASE_URL=$daemon_url "$tallyd" serve --no-worker --listen "127.0.0.1:$api_port" 2>"$TALLY_RUN_DIR/demo/tallyd.log" &
 tallyd_pid=$!
 trap 'kill $tallyd_pid ${fake_pid:-} ${worker_pid:-} 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -93,7 +106,7 @@ fake_pid=$!
 show "tallyd reports"
 "$tallyd" reports
 show "tallyd worker   (against a local fake of Stripe that fails 30% of calls with a 500)"
-"$tallyd" worker 2>"$TALLY_RUN_DIR/demo/worker.log" &
+DATABASE_URL=$daemon_url "$tallyd" worker 2>"$TALLY_RUN_DIR/demo/worker.log" &
 worker_pid=$!
 for _ in $(seq 600); do
     pending=$(pg "$port" -d $database -At -c "SELECT pending FROM tally.usage_report_stats()")
@@ -119,7 +132,7 @@ cat <<MSG
 
 The demo cluster keeps running (tallyd's log: $TALLY_RUN_DIR/demo/tallyd.log). Try it yourself:
   psql $DATABASE_URL
-  DATABASE_URL=$DATABASE_URL $tallyd serve --listen 127.0.0.1:$api_port
+  DATABASE_URL=$daemon_url $tallyd serve --listen 127.0.0.1:$api_port
 Stop it with:
   runuser -u postgres -- $PG_BIN/pg_ctl -D $TALLY_RUN_DIR/demo/data stop
 MSG

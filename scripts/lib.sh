@@ -76,15 +76,24 @@ setup() {
     setup_pgrx
 }
 
-# Build the extension and install it into Debian's Postgres.
+# Build the extension and install it into Debian's Postgres. The library is
+# written under a new name and renamed over the old one: a running backend
+# keeps the file it mapped (the old inode lives until it exits), where
+# writing into that file in place, as `cargo pgrx install` does, changes
+# code under running backends and crashes the server.
 install_extension() {
     local profile=${1:-release}
     say "building and installing the tally extension ($profile)"
-    local flags=(--pg-config "$PG_CONFIG")
-    if [ "$profile" = release ]; then flags+=(--release); fi
-    # Debian's extension directories belong to root.
-    if [ "$(id -u)" -ne 0 ]; then flags+=(--sudo); fi
-    (cd "$TALLY_ROOT/extension" && cargo pgrx install "${flags[@]}" >/dev/null)
+    local package=$CARGO_TARGET_DIR/tally-package/$profile
+    local flags=(--pg-config "$PG_CONFIG" --out-dir "$package")
+    if [ "$profile" != release ]; then flags+=(--debug); fi
+    (cd "$TALLY_ROOT/extension" && cargo pgrx package "${flags[@]}" >/dev/null)
+    local libdir extdir
+    libdir=$("$PG_CONFIG" --pkglibdir)
+    extdir=$("$PG_CONFIG" --sharedir)/extension
+    as_root install -m 644 "$package$extdir"/tally* "$extdir"/
+    as_root install -m 755 "$package$libdir/tally.so" "$libdir/.tally.so.new"
+    as_root mv -f "$libdir/.tally.so.new" "$libdir/tally.so"
     install_released_scripts
 }
 
@@ -125,7 +134,9 @@ cluster_start() {
         return 0
     fi
     say "starting cluster $name on 127.0.0.1:$port"
-    as_pg_user "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start \
+    # Without RUST_BACKTRACE: a backend that inherits it sends Rust
+    # backtraces to clients in an internal error's DETAIL.
+    as_pg_user env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start \
         -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/socket -c max_connections=300 -c shared_buffers=256MB" \
         >/dev/null || { tail -20 "$dir/postgres.log" >&2; die "cluster $name did not start"; }
 }

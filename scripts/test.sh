@@ -56,7 +56,9 @@ suite rules cargo test --locked -p tally-rules
 # cargo-pgrx starts as the postgres user.
 pgrx_data=$TALLY_RUN_DIR/pgrx-test
 mkdir -p "$pgrx_data" && chown postgres: "$pgrx_data" && chmod 1777 "$TALLY_RUN_DIR"
-suite extension bash -c "cd extension && cargo pgrx test pg$PG_MAJOR --runas postgres --pgdata '$pgrx_data'"
+# Without RUST_BACKTRACE, which the throwaway cluster would inherit (see
+# cluster_start in lib.sh).
+suite extension env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE bash -c "cd extension && cargo pgrx test pg$PG_MAJOR --runas postgres --pgdata '$pgrx_data'"
 
 suite driver cargo test --locked -p tallyd
 
@@ -74,7 +76,7 @@ say "building tallyd"
 cargo build --locked -p tallyd
 export TALLY_TEST_DATABASE_URL TALLY_TEST_PYTHON=$TALLY_VENV/bin/python
 TALLY_TEST_DATABASE_URL=$(cluster_url "$port")
-suite integration cargo test --locked -p tally-tests
+suite integration cargo test --locked --no-fail-fast -p tally-tests
 # Again on databases that installed each earlier released version and
 # upgraded it.
 for script in sql/released/tally--*.sql; do
@@ -82,7 +84,11 @@ for script in sql/released/tally--*.sql; do
     version=${version%.sql}
     if [ "$version" = "$current" ]; then continue; fi
     suite "integration-upgraded-from-$version" env TALLY_TEST_UPGRADE_FROM="$version" \
-        cargo test --locked -p tally-tests
+        cargo test --locked --no-fail-fast -p tally-tests
 done
+
+# A new build installed under a live session: the server and the session
+# survive, and the library file is replaced, not rewritten.
+suite live-install bash scripts/check_live_install.sh "$port" debug
 
 exit $failed

@@ -2,6 +2,10 @@
 //! tally uses are read, so a payload from an older or newer API version with
 //! extra fields still works. Parsing happens after the signature is checked.
 
+mod record;
+
+pub use record::{paddle_record, stripe_record};
+
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 use tally_rules::{Provider, TenantStatus};

@@ -33,6 +33,9 @@ pub struct Config {
     pub stripe_webhook_secrets: Secrets,
     pub paddle_webhook_secrets: Secrets,
     pub max_body_bytes: usize,
+    /// Run even if the database role is a superuser (it should be a role
+    /// granted `tally_daemon`).
+    pub allow_superuser: bool,
     /// The usage-report worker, if this server runs one.
     pub worker: Option<(worker::stripe::MeterClient, worker::WorkerConfig)>,
 }
@@ -44,6 +47,7 @@ impl std::fmt::Debug for Config {
             .field("stripe_webhook_secrets", &self.stripe_webhook_secrets)
             .field("paddle_webhook_secrets", &self.paddle_webhook_secrets)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("allow_superuser", &self.allow_superuser)
             .field("worker", &self.worker)
             .finish_non_exhaustive()
     }
@@ -51,9 +55,15 @@ impl std::fmt::Debug for Config {
 
 /// Serve HTTP on `listener`, and run the usage-report worker if configured,
 /// until `shutdown` is cancelled; then finish the requests and sends in
-/// flight and return.
+/// flight and return. A superuser connection is refused unless
+/// `allow_superuser`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
-    let pool = db::pool(&config.database_url, config.pool_size)?;
+    let pool = db::pool(
+        &config.database_url,
+        config.pool_size,
+        config.allow_superuser,
+    )?;
+    db::refuse_superuser(&pool, config.allow_superuser).await?;
     let metrics = Arc::new(metrics::Metrics::new());
     let state = http::AppState {
         pool: pool.clone(),
@@ -85,14 +95,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     Ok(())
 }
 
-/// Run the usage-report worker alone until `shutdown` is cancelled.
+/// Run the usage-report worker alone until `shutdown` is cancelled. A
+/// superuser connection is refused unless `allow_superuser`.
 pub async fn run_worker(
     database_url: &str,
+    allow_superuser: bool,
     client: worker::stripe::MeterClient,
     config: worker::WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let pool = db::pool(database_url, config.concurrency + 1)?;
+    let pool = db::pool(database_url, config.concurrency + 1, allow_superuser)?;
+    db::refuse_superuser(&pool, allow_superuser).await?;
     worker::run(
         pool,
         client,

@@ -5,17 +5,22 @@
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 
 use crate::errors::{self, empty_argument, null_argument, Failure};
-use crate::rules::Micros;
+use crate::rules::{self, Micros};
 
 /// Stripe accepts idempotency keys of up to 255 characters; tally keeps the
 /// same bound so a key can be passed through unchanged.
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = errors::MAX_ID_BYTES;
 
-/// A required, non-empty identifier (tenant, metric, plan).
+/// A required, non-empty identifier (tenant, metric, plan, event, customer)
+/// of at most [`errors::MAX_ID_BYTES`]: longer ones would only reach the
+/// btree's own limit later, with a less helpful error.
 pub fn id<'a>(name: &str, value: Option<&'a str>) -> Result<&'a str, Failure> {
     match value {
         None => Err(null_argument(name)),
         Some("") => Err(empty_argument(name)),
+        Some(value) if value.len() > errors::MAX_ID_BYTES => {
+            Err(errors::too_long(name, value.len()))
+        }
         Some(value) => Ok(value),
     }
 }
@@ -82,6 +87,13 @@ pub fn period(
         return Err(not_finite());
     }
     let (start_micros, end_micros) = (start_at.into_inner(), end.map(|end| end.into_inner()));
+    if !rules::period_in_range(start_micros, end_micros) {
+        return Err(errors::period_out_of_range(
+            None,
+            &shown(start),
+            &shown(end),
+        ));
+    }
     if end_micros.is_some_and(|end| end <= start_micros) {
         return Err(errors::period_end_not_after_start(
             None,
@@ -152,5 +164,24 @@ mod tests {
             InvalidParameterValue
         );
         assert!(idempotency_key(Some(&long[1..])).is_ok());
+    }
+
+    #[test]
+    fn ids_are_at_most_255_bytes() {
+        let long = "é".repeat(128);
+        let failure = id("tenant_id", Some(&long)).unwrap_err();
+        assert_eq!(
+            (
+                failure.state,
+                failure.message.as_str(),
+                failure.detail.as_deref()
+            ),
+            (
+                InvalidParameterValue,
+                "tenant_id is too long",
+                Some("256 bytes, at most 255")
+            )
+        );
+        assert!(id("tenant_id", Some(&long[2..])).is_ok());
     }
 }

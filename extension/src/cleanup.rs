@@ -56,14 +56,16 @@ fn forget(statement: &'static Statement, older_than: Interval) -> i64 {
 
 /// Forget provider events received before `now() - older_than`; returns how
 /// many.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn cleanup_provider_events(older_than: default!(Option<Interval>, "'30 days'")) -> i64 {
     forget(&FORGET_EVENTS, retention(older_than, nothing()).or_raise())
 }
 
 /// Forget idempotency keys claimed before `now() - older_than`, which must
 /// be at least 24 hours.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn cleanup_idempotency_keys(older_than: default!(Option<Interval>, "'24 hours'")) -> i64 {
     forget(
         &FORGET_KEYS,
@@ -72,7 +74,8 @@ fn cleanup_idempotency_keys(older_than: default!(Option<Interval>, "'24 hours'")
 }
 
 /// Delete completed usage reports completed before `now() - older_than`.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn cleanup_usage_reports(older_than: default!(Option<Interval>, "'30 days'")) -> i64 {
     forget(&FORGET_REPORTS, retention(older_than, nothing()).or_raise())
 }

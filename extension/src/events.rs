@@ -44,10 +44,16 @@ static SET_PADDLE_EVENT_AT: Statement = Statement {
 
 const EVENT_HINT: &str = "pass the provider (stripe, paddle) and its event id";
 
+/// The largest payload kept with an event, in bytes of its JSON text. A
+/// larger one is not kept (the event is still locked): payloads are for
+/// reading an event later, not an archive of everything a provider sends.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+
 /// Webhook idempotency: lock first, then act, in one transaction. True for
 /// the first caller only; a retry of an event whose transaction rolled back
-/// gets true again.
-#[pg_extern]
+/// gets true again. A payload larger than [`MAX_PAYLOAD_BYTES`] is not kept.
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn attempt_event_lock(
     provider: Option<&str>,
     event_id: Option<&str>,
@@ -60,6 +66,11 @@ fn attempt_event_lock(
     let event_id = args::id("event_id", event_id)
         .map_err(|failure| failure.hint(EVENT_HINT))
         .or_raise();
+    let event_type =
+        event_type.map(|event_type| args::id("event_type", Some(event_type)).or_raise());
+    let payload = payload.filter(|payload| {
+        serde_json::to_string(&payload.0).map_or(0, |text| text.len()) <= MAX_PAYLOAD_BYTES
+    });
     Spi::connect_mut(|client| {
         let args = [
             provider.into(),
@@ -75,7 +86,8 @@ fn attempt_event_lock(
 /// event's transaction, before its effect: locks the tenant row and answers
 /// whether the event is to be applied ([`rules::is_current_subscription_event`]),
 /// remembering when it happened if so.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn accept_subscription_event(
     tenant_id: Option<&str>,
     provider: Option<&str>,

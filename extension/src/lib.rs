@@ -47,6 +47,8 @@ extension_sql_file!(
     name = "api_keys",
     requires = ["config"]
 );
+// Owners and privileges of everything above, once it all exists.
+extension_sql_file!("../../sql/schema/grants.sql", name = "grants", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

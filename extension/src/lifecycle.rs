@@ -93,7 +93,8 @@ static LINK_PADDLE: Statement = Statement {
 
 /// Consumables back to 0 (a payment succeeded): all of the tenant's, or the
 /// one named. Returns how many counters changed.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn reset_usage(tenant_id: Option<&str>, metric: default!(Option<&str>, NULL)) -> i64 {
     let tenant_id = args::id("tenant_id", tenant_id).or_raise();
     let metric = metric.map(|metric| args::id("metric", Some(metric)).or_raise());
@@ -124,7 +125,8 @@ fn reset_usage(tenant_id: Option<&str>, metric: default!(Option<&str>, NULL)) ->
 /// A renewal: when `period_start` is later than the stored one, store the
 /// new period, reset the consumables and return true. The same or an older
 /// period (a retried or out-of-order event) changes nothing: false.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn start_period(
     tenant_id: Option<&str>,
     period_start: Option<TimestampWithTimeZone>,
@@ -162,7 +164,8 @@ fn start_period(
 /// Set a counter to `actual`, the caller's own count (say `count(*)` of the
 /// tenant's chatbots), even above the limit. Returns the drift, `actual`
 /// minus the count tally had. Never billed.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn sync_usage(tenant_id: Option<&str>, metric: Option<&str>, actual: Option<i64>) -> i64 {
     let tenant_id = args::id("tenant_id", tenant_id).or_raise();
     let metric = args::id("metric", metric).or_raise();
@@ -191,7 +194,8 @@ fn sync_usage(tenant_id: Option<&str>, metric: Option<&str>, actual: Option<i64>
 /// Set a tenant's status (`active`, `past_due`, `action_required`,
 /// `canceled`); true if it changed. The status does not gate enforcement:
 /// the plan does.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn set_tenant_status(tenant_id: Option<&str>, status: Option<&str>) -> bool {
     let tenant_id = args::id("tenant_id", tenant_id).or_raise();
     let status = args::id("status", status).or_raise();
@@ -213,7 +217,8 @@ fn set_tenant_status(tenant_id: Option<&str>, status: Option<&str>) -> bool {
 /// that the provider's events find it. A customer or subscription linked to
 /// another tenant is refused (23505; the tenants trigger that keeps
 /// `tally.provider_links` reports a subscription).
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn link_provider_customer(
     tenant_id: Option<&str>,
     provider: Option<&str>,

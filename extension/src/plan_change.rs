@@ -2,8 +2,9 @@
 //! a plan and why not; `change_plan` makes the move under the tenant's locks.
 //!
 //! A change must not race an increment judged against the old plan.
-//! `change_plan` locks the tenant row and the tenant's limits (so no counter
-//! copy of the old limits can be written meanwhile), then every counter (so
+//! `change_plan` locks the tenant row (which also holds off increments that
+//! would refresh a counter's copy of the old limits: they lock it shared
+//! first), then every counter (so
 //! in-flight increments finish first), validates against those latest counts
 //! and switches. The switch clears the counters' copies of their limits, so an
 //! increment that queued behind it re-reads the new plan.
@@ -32,11 +33,6 @@ static PLAN_EXISTS: Statement = Statement {
 
 static LOCK_TENANT: Statement = Statement {
     sql: "SELECT true FROM tally.tenants WHERE tenant_id = $1 FOR NO KEY UPDATE",
-    params: &[TEXT],
-};
-
-static LOCK_TENANT_LIMITS: Statement = Statement {
-    sql: "SELECT tally._lock_tenant_limits($1)",
     params: &[TEXT],
 };
 
@@ -131,7 +127,8 @@ fn plan_check(check: &PlanCheck) -> PgHeapTuple<'static, AllocatedByRust> {
 /// Whether `tenant_id` may move to `new_plan_id`: invalid when an allocation
 /// (chatbots, seats) is over the new limit. Consumables over the new limit
 /// are listed in `violations` but do not block. Changes nothing.
-#[pg_extern(requires = ["counters"])]
+#[pg_extern(security_definer, requires = ["counters"])]
+#[search_path(pg_catalog, pg_temp)]
 fn validate_plan_change(
     tenant_id: Option<&str>,
     new_plan_id: Option<&str>,
@@ -149,7 +146,8 @@ fn validate_plan_change(
 /// Move `tenant_id` to `new_plan_id` if the change is valid (or `force`d),
 /// judged under the tenant's locks. A refusal is SQLSTATE 55000 with the
 /// validation message in DETAIL.
-#[pg_extern(requires = ["counters"])]
+#[pg_extern(security_definer, requires = ["counters"])]
+#[search_path(pg_catalog, pg_temp)]
 fn change_plan(
     tenant_id: Option<&str>,
     new_plan_id: Option<&str>,
@@ -165,7 +163,6 @@ fn change_plan(
             errors::tenant_not_found(tenant_id).raise()
         }
         require_plan(client, new_plan_id);
-        spi::run(client, &LOCK_TENANT_LIMITS, &[tenant_id.into()]);
         spi::run(client, &LOCK_COUNTERS, &[tenant_id.into()]);
         let tenant = load_tenant(client, tenant_id);
         let check = check(client, tenant_id, &tenant, new_plan_id);

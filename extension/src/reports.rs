@@ -107,7 +107,8 @@ fn interval_ms(ms: i64) -> Interval {
 /// `tally.report_lease`), oldest due first. Each claim counts as an attempt.
 /// Finish each with `complete_usage_report` or `fail_usage_report`.
 #[allow(clippy::type_complexity)] // pgrx reads the column names from the inline tuple type.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn claim_usage_reports(
     batch: default!(Option<i32>, 100),
     lease: default!(Option<Interval>, NULL),
@@ -165,7 +166,8 @@ fn claim_usage_reports(
 
 /// The report was sent. Idempotent, and final: it also completes a report
 /// that had been marked failed (a late success).
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn complete_usage_report(id: Option<i64>) {
     let id = id.ok_or_else(|| errors::null_argument("id")).or_raise();
     Spi::connect_mut(|client| {
@@ -184,7 +186,8 @@ fn complete_usage_report(id: Option<i64>) {
 /// `permanent` one, or the failure of the last allowed attempt
 /// (`tally.report_max_attempts`), marks it `failed`. A completed or failed
 /// report is left as it is.
-#[pg_extern(name = "fail_usage_report")]
+#[pg_extern(security_definer, name = "fail_usage_report")]
+#[search_path(pg_catalog, pg_temp)]
 fn fail_report(
     id: Option<i64>,
     error: Option<&str>,
@@ -257,7 +260,8 @@ fn jitter() -> f64 {
 /// zero: the given ids, or every failed report when `ids` is NULL. Reports
 /// that are not failed are left alone; an unknown id is an error and changes
 /// nothing. Returns how many were put back.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn requeue_failed_usage_reports(ids: default!(Option<Vec<Option<i64>>>, NULL)) -> i64 {
     let ids: Option<Vec<i64>> = ids.map(|ids| {
         ids.into_iter()

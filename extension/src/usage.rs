@@ -66,9 +66,16 @@ static LOCK_COUNTER: Statement = Statement {
 };
 
 /// Hold off configuration changes until this transaction ends (see
-/// `sql/schema/usage.sql`), so the configuration read next stays true.
+/// `sql/schema/counters.sql`), so the configuration read next stays true:
+/// the guard row for plans, limits and metrics, the tenant's row for its
+/// plan and period.
 static SHARE_LIMITS: Statement = Statement {
-    sql: "SELECT tally._share_limits($1)",
+    sql: "SELECT FROM tally.limits_guard FOR SHARE",
+    params: &[],
+};
+
+static SHARE_TENANT: Statement = Statement {
+    sql: "SELECT FROM tally.tenants WHERE tenant_id = $1 FOR SHARE",
     params: &[TEXT],
 };
 
@@ -369,7 +376,8 @@ fn increment(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, units: i
 
     // Configuration changes wait for this transaction from here on, so the
     // configuration read next stays true until the copy is written.
-    spi::run(client, &SHARE_LIMITS, &[tenant_id.into()]);
+    spi::run(client, &SHARE_LIMITS, &[]);
+    spi::run(client, &SHARE_TENANT, &[tenant_id.into()]);
     let context = load_context(client, tenant_id, metric);
     if peeked.is_none() && context.limit != Limit::NotInPlan {
         spi::run(client, &ENSURE_COUNTER, &[tenant_id.into(), metric.into()]);
@@ -429,7 +437,8 @@ fn usage_check(outcome: Outcome) -> PgHeapTuple<'static, AllocatedByRust> {
 /// Count `units` of `metric` for `tenant_id` if they fit in the tenant's
 /// plan, all or nothing. Over the limit is an answer (`allowed = false`), not
 /// an error. With an `idempotency_key`, a repeat returns the first result.
-#[pg_extern(requires = ["counters"])]
+#[pg_extern(security_definer, requires = ["counters"])]
+#[search_path(pg_catalog, pg_temp)]
 fn check_and_increment_usage(
     tenant_id: Option<&str>,
     metric: Option<&str>,
@@ -475,7 +484,8 @@ fn check_and_increment_usage(
 /// Give back `units` (a chatbot deleted, a message refunded); never below 0.
 /// Returns the new count. Works for metrics outside the tenant's plan, and
 /// creates nothing when the tenant has no counter for the metric.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn decrement_usage(
     tenant_id: Option<&str>,
     metric: Option<&str>,
@@ -524,7 +534,8 @@ pub fn load_tenant(client: &mut SpiClient<'_>, tenant_id: &str) -> Tenant {
 /// the count in the current period; period columns are NULL for allocations.
 // pgrx reads the result's column names from the inline tuple type.
 #[allow(clippy::type_complexity)]
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn usage_summary(
     tenant_id: Option<&str>,
 ) -> TableIterator<

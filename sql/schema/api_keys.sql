@@ -22,7 +22,7 @@ CREATE TABLE tally.api_key_hashes (
 );
 
 CREATE FUNCTION tally._index_api_key() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP <> 'INSERT' THEN
         DELETE FROM tally.api_key_hashes AS h WHERE h.key_hash = OLD.key_hash;
@@ -39,6 +39,6 @@ CREATE TRIGGER index_api_key AFTER INSERT OR DELETE OR UPDATE ON tally.api_keys
 
 -- The tenant a key belongs to, if the key is known and not revoked.
 CREATE FUNCTION tally.tenant_for_api_key(key_hash text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT h.tenant_id FROM tally.api_key_hashes AS h WHERE h.key_hash = tenant_for_api_key.key_hash
 $$;

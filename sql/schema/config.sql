@@ -9,6 +9,49 @@
 -- fire on plain-SQL writes; tests/tests/error_catalogue.rs pins each one to
 -- its entry.
 
+-- Refuse a tally schema that someone else made: whoever owns it could later
+-- put their own objects where tally's are looked up. CREATE EXTENSION
+-- makes the schema (owned by the role running it) when it does not exist.
+DO $$
+DECLARE
+    owner name;
+BEGIN
+    SELECT r.rolname INTO owner
+      FROM pg_catalog.pg_namespace AS n JOIN pg_catalog.pg_roles AS r ON r.oid = n.nspowner
+     WHERE n.nspname = 'tally';
+    IF owner IS DISTINCT FROM current_user
+       OR EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = 'tally'::regnamespace)
+       OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace = 'tally'::regnamespace)
+       OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace = 'tally'::regnamespace) THEN
+        RAISE EXCEPTION 'schema tally already exists' USING ERRCODE = 'insufficient_privilege',
+            DETAIL = pg_catalog.format('schema tally belongs to role %s and may hold objects of its own', owner),
+            HINT = 'drop or rename that schema after checking what is in it, then create the extension';
+    END IF;
+END
+$$;
+
+-- The roles an application grants to its own login roles (see README,
+-- "Deploying"): tally_app calls the enforcement and read functions,
+-- tally_daemon what tallyd serve and worker need, tally_admin configures.
+-- tally_owner owns tally's objects and logs in never; the functions run with
+-- its rights. Roles belong to the cluster: made once, shared by every
+-- database with tally, and left in place by DROP EXTENSION.
+DO $$
+DECLARE
+    role name;
+BEGIN
+    FOREACH role IN ARRAY ARRAY['tally_owner', 'tally_app', 'tally_daemon', 'tally_admin'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = role) THEN
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', role);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- made meanwhile by CREATE EXTENSION in another database
+            END;
+        END IF;
+    END LOOP;
+END
+$$;
+
 CREATE TABLE tally.metrics (
     metric             text PRIMARY KEY,
     kind               text NOT NULL CHECK (kind IN ('consumable', 'allocation')),
@@ -38,7 +81,7 @@ COMMENT ON COLUMN tally.plan_limits.max_units IS
 -- The plan a tenant starts on when none is given; NULL when no plan is the
 -- default, which the tenants check below reports.
 CREATE FUNCTION tally._default_plan_id() RETURNS text
-LANGUAGE sql STABLE AS $$ SELECT plan_id FROM tally.plans WHERE is_default $$;
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT plan_id FROM tally.plans WHERE is_default $$;
 
 CREATE TABLE tally.tenants (
     tenant_id              text PRIMARY KEY,
@@ -65,7 +108,7 @@ COMMENT ON COLUMN tally.tenants.period_start IS
     'Start of the current billing period. NULL: the calendar month (UTC) is the period.';
 
 CREATE FUNCTION tally._check_metric() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NEW.metric IS NULL THEN
         RAISE EXCEPTION 'metric must not be null' USING ERRCODE = 'null_value_not_allowed',
@@ -73,6 +116,10 @@ BEGIN
     ELSIF NEW.metric = '' THEN
         RAISE EXCEPTION 'metric must not be empty' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'name the metric, for example ''messages''';
+    ELSIF octet_length(NEW.metric) > 255 THEN
+        RAISE EXCEPTION 'metric is too long' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('%s bytes, at most 255', octet_length(NEW.metric)),
+            HINT = 'use an id of at most 255 bytes';
     ELSIF NEW.kind IS NULL OR NEW.kind NOT IN ('consumable', 'allocation') THEN
         RAISE EXCEPTION 'unknown metric kind' USING ERRCODE = 'invalid_parameter_value',
             DETAIL = format('metric %L has kind %L', NEW.metric, NEW.kind),
@@ -89,7 +136,7 @@ CREATE TRIGGER check_metric BEFORE INSERT OR UPDATE ON tally.metrics
     FOR EACH ROW EXECUTE FUNCTION tally._check_metric();
 
 CREATE FUNCTION tally._check_plan() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NEW.plan_id IS NULL THEN
         RAISE EXCEPTION 'plan_id must not be null' USING ERRCODE = 'null_value_not_allowed',
@@ -97,6 +144,10 @@ BEGIN
     ELSIF NEW.plan_id = '' THEN
         RAISE EXCEPTION 'plan_id must not be empty' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'name the plan, for example ''starter''';
+    ELSIF octet_length(NEW.plan_id) > 255 THEN
+        RAISE EXCEPTION 'plan_id is too long' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('%s bytes, at most 255', octet_length(NEW.plan_id)),
+            HINT = 'use an id of at most 255 bytes';
     END IF;
     RETURN NEW;
 END
@@ -105,7 +156,7 @@ CREATE TRIGGER check_plan BEFORE INSERT OR UPDATE ON tally.plans
     FOR EACH ROW EXECUTE FUNCTION tally._check_plan();
 
 CREATE FUNCTION tally._check_plan_limit() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NEW.max_units < 0 THEN
         RAISE EXCEPTION 'max_units must not be negative' USING ERRCODE = 'invalid_parameter_value',
@@ -121,7 +172,7 @@ CREATE TRIGGER check_plan_limit BEFORE INSERT OR UPDATE ON tally.plan_limits
 -- A tenant's id is its key in every tenant table (and, distributed, the
 -- distribution key): it never changes.
 CREATE FUNCTION tally._check_tenant() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'UPDATE' AND NEW.tenant_id IS DISTINCT FROM OLD.tenant_id THEN
         RAISE EXCEPTION 'tenant_id cannot change' USING ERRCODE = 'invalid_parameter_value',
@@ -133,6 +184,10 @@ BEGIN
     ELSIF NEW.tenant_id = '' THEN
         RAISE EXCEPTION 'tenant_id must not be empty' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'use your application''s id for the customer account';
+    ELSIF octet_length(NEW.tenant_id) > 255 THEN
+        RAISE EXCEPTION 'tenant_id is too long' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('%s bytes, at most 255', octet_length(NEW.tenant_id)),
+            HINT = 'use an id of at most 255 bytes';
     ELSIF NEW.plan_id IS NULL AND NOT EXISTS (SELECT FROM tally.plans WHERE is_default) THEN
         RAISE EXCEPTION 'no default plan' USING ERRCODE = 'no_data_found',
             HINT = 'mark one plan with is_default = true in tally.plans, or give the tenant a plan_id';
@@ -144,6 +199,11 @@ BEGIN
         RAISE EXCEPTION 'billing period must be finite' USING ERRCODE = 'invalid_parameter_value',
             DETAIL = format('tenant %L, period %s to %s', NEW.tenant_id, NEW.period_start, NEW.period_end),
             HINT = 'give real timestamps, or NULL for calendar-month periods';
+    ELSIF NEW.period_start < '1970-01-01 00:00:00+00' OR NEW.period_start >= '9999-01-01 00:00:00+00'
+          OR NEW.period_end >= '9999-01-01 00:00:00+00' THEN
+        RAISE EXCEPTION 'billing period out of range' USING ERRCODE = 'datetime_field_overflow',
+            DETAIL = format('tenant %L, period %s to %s', NEW.tenant_id, NEW.period_start, NEW.period_end),
+            HINT = 'a billing period starts in 1970 or later and ends before 9999';
     ELSIF NEW.period_end IS NOT NULL AND NEW.period_start IS NULL THEN
         RAISE EXCEPTION 'period_end needs a period_start' USING ERRCODE = 'invalid_parameter_value',
             DETAIL = format('tenant %L, period_end %s', NEW.tenant_id, NEW.period_end),
@@ -173,7 +233,7 @@ CREATE TABLE tally.provider_links (
 CREATE INDEX provider_links_tenant ON tally.provider_links (tenant_id);
 
 CREATE FUNCTION tally._link_provider_ids() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     link record;
     owner text;

@@ -24,30 +24,24 @@ CREATE TABLE tally.usage_counters (
     meter_event     text
 ) WITH (fillfactor = 70);
 
--- Keeping the copies valid. A transaction that changes the configuration
--- takes an exclusive advisory lock and clears limits_valid on the counters
--- it affects; an increment that refreshes a copy takes the same lock shared
--- first, then reads the configuration. So a refresh either sees the change,
--- or finishes before the change clears what it wrote. Keys: the pair
--- (1952541804, 0) guards plans, limits and metrics; (1952541805,
--- hashtext(tenant_id)) guards one tenant's plan and period.
-
-CREATE FUNCTION tally._lock_all_limits() RETURNS void
-LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(1952541804, 0) $$;
-
-CREATE FUNCTION tally._lock_tenant_limits(tenant_id text) RETURNS void
-LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(1952541805, hashtext(tenant_id)) $$;
-
-CREATE FUNCTION tally._share_limits(tenant_id text) RETURNS void
-LANGUAGE sql AS $$
-    SELECT pg_advisory_xact_lock_shared(1952541804, 0);
-    SELECT pg_advisory_xact_lock_shared(1952541805, hashtext(tenant_id));
-$$;
+-- Keeping the copies valid. A transaction that changes plans, limits or
+-- metrics locks the one row of tally.limits_guard and clears limits_valid
+-- on the counters it affects; a change of a tenant's plan or period holds
+-- the tenant's row, which its UPDATE locks. An increment that refreshes a
+-- copy first locks both rows shared (FOR SHARE), then reads the
+-- configuration. So a refresh either sees the change, or finishes before
+-- the change clears what it wrote. These are row locks on tally's own
+-- tables: only tally's functions can take them, and they do not fill the
+-- shared lock table however many tenants a transaction touches.
+CREATE TABLE tally.limits_guard (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton)
+);
+INSERT INTO tally.limits_guard DEFAULT VALUES;
 
 CREATE FUNCTION tally._invalidate_plan_limit() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM tally._lock_all_limits();
+    PERFORM FROM tally.limits_guard FOR UPDATE;
     UPDATE tally.usage_counters AS c SET limits_valid = false
       FROM tally.tenants AS t
      WHERE c.limits_valid AND c.metric = OLD.metric
@@ -61,9 +55,9 @@ CREATE TRIGGER invalidate_counters AFTER UPDATE OR DELETE ON tally.plan_limits
     FOR EACH ROW EXECUTE FUNCTION tally._invalidate_plan_limit();
 
 CREATE FUNCTION tally._invalidate_metric() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM tally._lock_all_limits();
+    PERFORM FROM tally.limits_guard FOR UPDATE;
     UPDATE tally.usage_counters SET limits_valid = false
      WHERE limits_valid AND metric = OLD.metric;
     RETURN NULL;
@@ -75,9 +69,8 @@ CREATE TRIGGER invalidate_counters AFTER UPDATE OF kind, stripe_meter_event ON t
     EXECUTE FUNCTION tally._invalidate_metric();
 
 CREATE FUNCTION tally._invalidate_tenant() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM tally._lock_tenant_limits(NEW.tenant_id);
     UPDATE tally.usage_counters SET limits_valid = false
      WHERE limits_valid AND tenant_id = NEW.tenant_id;
     RETURN NULL;

@@ -33,7 +33,7 @@ CREATE INDEX usage_reports_failed ON tally.usage_reports (failed_at) WHERE statu
 -- deleted. The counters are locked first, so an increment in flight (and
 -- the report it writes) finishes before the check.
 CREATE FUNCTION tally._guard_tenant_delete() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pending bigint;
 BEGIN
@@ -56,7 +56,7 @@ CREATE TRIGGER guard_delete BEFORE DELETE ON tally.tenants
 CREATE FUNCTION tally.usage_report_stats(
     OUT pending bigint, OUT leased bigint, OUT due bigint, OUT failed bigint,
     OUT oldest_pending_at timestamptz, OUT oldest_pending_age interval)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT count(*),
            count(*) FILTER (WHERE lease_until > now()),
            count(*) FILTER (WHERE next_attempt_at <= now() AND (lease_until IS NULL OR lease_until <= now())),

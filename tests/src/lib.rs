@@ -105,6 +105,24 @@ impl TestDb {
         Client::connect(&self.url, NoTls).expect("connect to the test database")
     }
 
+    /// This database's URL for a login role that is a member of `group`
+    /// (`tally_app`, `tally_daemon` or `tally_admin`) and nothing else.
+    pub fn url_as(&self, group: &str) -> String {
+        let login = login_role(group);
+        match self.url.split_once("://").and_then(|(scheme, rest)| {
+            let (_, host) = rest.split_once('@')?;
+            Some(format!("{scheme}://{login}@{host}"))
+        }) {
+            Some(url) => url,
+            None => panic!("TALLY_TEST_DATABASE_URL must look like postgresql://user@host:port/db"),
+        }
+    }
+
+    /// A connection as a login role that is a member of `group` only.
+    pub fn connect_as(&self, group: &str) -> Client {
+        Client::connect(&self.url_as(group), NoTls).expect("connect as a tally role")
+    }
+
     /// A connection for async tests (the blocking client cannot run inside
     /// an async runtime).
     pub async fn connect_async(&self) -> tokio_postgres::Client {
@@ -126,6 +144,38 @@ impl Drop for TestDb {
             }
         });
     }
+}
+
+/// The login role the tests use for `group`: `tally_test_<group>`, made
+/// once per cluster (roles are the cluster's), a member of `group` only,
+/// never a superuser.
+pub fn login_role(group: &str) -> String {
+    static MADE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let login = format!("tally_test_{}", group.trim_start_matches("tally_"));
+    let mut made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !made.contains(&login) {
+        off_runtime(|| {
+            let mut client =
+                Client::connect(&admin_url(), NoTls).expect("connect to the test cluster");
+            // Serialized across test processes: roles are shared by them all.
+            let mut tx = client.transaction().expect("begin");
+            tx.batch_execute(&format!(
+                "SELECT pg_advisory_xact_lock(1952541900);
+                 DO $$ BEGIN
+                     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{login}') THEN
+                         CREATE ROLE {login} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+                     END IF;
+                     IF NOT pg_has_role('{login}', '{group}', 'MEMBER') THEN
+                         GRANT {group} TO {login};
+                     END IF;
+                 END $$;"
+            ))
+            .expect("make the login role");
+            tx.commit().expect("commit");
+        });
+        made.push(login.clone());
+    }
+    login
 }
 
 /// Run blocking database work on a thread of its own, so that it works from
@@ -172,6 +222,8 @@ pub fn used(client: &mut Client, tenant: &str, metric: &str) -> i64 {
 
 /// Run `calls` on `connections` connections of their own, all released at
 /// once by a barrier after connecting; returns each call's result in order.
+/// The callers connect as a `tally_admin` login role, never a superuser, so
+/// the races run through the same grants an application's would.
 /// Call `i` runs on connection `i % connections`.
 pub fn race<T, F>(db: &TestDb, connections: usize, calls: usize, call: F) -> Vec<T>
 where
@@ -182,7 +234,8 @@ where
     let barrier = Arc::new(Barrier::new(connections));
     let handles: Vec<_> = (0..connections)
         .map(|worker| {
-            let (call, barrier, mut client) = (call.clone(), barrier.clone(), db.connect());
+            let (call, barrier, mut client) =
+                (call.clone(), barrier.clone(), db.connect_as("tally_admin"));
             thread::spawn(move || {
                 barrier.wait();
                 (worker..calls)

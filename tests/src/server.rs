@@ -63,11 +63,12 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let config = tallyd::Config {
-            database_url: db.url().to_string(),
+            database_url: db.url_as("tally_daemon"),
             pool_size: 16,
             stripe_webhook_secrets: tallyd::signature::Secrets::parse(stripe_secrets),
             paddle_webhook_secrets: tallyd::signature::Secrets::parse(paddle_secrets),
             max_body_bytes: 64 * 1024,
+            allow_superuser: false,
             worker,
         };
         let shutdown = CancellationToken::new();

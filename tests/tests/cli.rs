@@ -8,10 +8,16 @@ use serde_json::Value;
 use tally_tests::server::{now, tallyd_binary};
 use tally_tests::*;
 
+/// Run tallyd as an operator does: `migrate` with a superuser, every
+/// other command as a `tally_admin` login role.
 fn tallyd(db: &TestDb, args: &[&str]) -> Output {
+    let url = match args.first() {
+        Some(&"migrate") => db.url().to_string(),
+        _ => db.url_as("tally_admin"),
+    };
     Command::new(tallyd_binary())
         .args(args)
-        .env("DATABASE_URL", db.url())
+        .env("DATABASE_URL", url)
         .output()
         .expect("run tallyd")
 }
@@ -244,7 +250,7 @@ fn serve_logs_json_without_secrets_and_stops_cleanly_on_sigterm() {
     let secret = "whsec_do_not_log_me";
     let mut child = Command::new(tallyd_binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("DATABASE_URL", db.url())
+        .env("DATABASE_URL", db.url_as("tally_daemon"))
         .env("STRIPE_WEBHOOK_SECRET", secret)
         .stderr(Stdio::piped())
         .spawn()
@@ -322,5 +328,27 @@ fn serve_logs_json_without_secrets_and_stops_cleanly_on_sigterm() {
             !all.contains(secret_thing),
             "the logs contain a secret: {secret_thing}\n{all}"
         );
+    }
+}
+
+#[test]
+fn serve_and_worker_refuse_a_superuser_unless_told() {
+    let db = TestDb::create();
+    for command in ["serve", "worker"] {
+        let output = Command::new(tallyd_binary())
+            .args(
+                [command, "--listen", "127.0.0.1:0"]
+                    .into_iter()
+                    .take(if command == "serve" { 3 } else { 1 }),
+            )
+            .env("DATABASE_URL", db.url())
+            .env("STRIPE_SECRET_KEY", "sk_test_x")
+            .env("STRIPE_API_BASE", "http://127.0.0.1:9")
+            .env_remove("TALLY_ALLOW_SUPERUSER")
+            .output()
+            .expect("run tallyd");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{command} started as a superuser");
+        assert!(stderr.contains("tally_daemon"), "{command}: {stderr}");
     }
 }

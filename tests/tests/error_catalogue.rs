@@ -51,6 +51,10 @@ fn metric_checks_say_what_the_catalogue_says() {
             errors::missing_id("metric", true),
         ),
         (
+            "INSERT INTO tally.metrics (metric, kind) VALUES (repeat('m', 256), 'consumable')",
+            errors::too_long("metric", 256),
+        ),
+        (
             "INSERT INTO tally.metrics (metric, kind) VALUES ('sms', 'monthly')",
             errors::unknown_metric_kind("sms", Some("monthly")),
         ),
@@ -66,6 +70,14 @@ fn metric_checks_say_what_the_catalogue_says() {
     for (sql, expected) in cases {
         assert_eq!(reported(&mut client, sql), expected, "{sql}");
     }
+    let late = shown(&mut client, "9999-06-01 00:00:00+00");
+    assert_eq!(
+        reported(
+            &mut client,
+            "SELECT tally.start_period('nobody', '9999-06-01 00:00:00+00')"
+        ),
+        errors::period_out_of_range(None, &late, "NULL")
+    );
 }
 
 #[test]
@@ -82,6 +94,10 @@ fn plan_and_limit_checks_say_what_the_catalogue_says() {
             errors::missing_id("plan_id", true),
         ),
         (
+            "INSERT INTO tally.plans (plan_id) VALUES (repeat('é', 200))",
+            errors::too_long("plan_id", 400),
+        ),
+        (
             "UPDATE tally.plan_limits SET max_units = -1 WHERE plan_id = 'free' AND metric = 'chatbots'",
             errors::negative_max_units("free", "chatbots", -1),
         ),
@@ -89,6 +105,14 @@ fn plan_and_limit_checks_say_what_the_catalogue_says() {
     for (sql, expected) in cases {
         assert_eq!(reported(&mut client, sql), expected, "{sql}");
     }
+    let late = shown(&mut client, "9999-06-01 00:00:00+00");
+    assert_eq!(
+        reported(
+            &mut client,
+            "SELECT tally.start_period('nobody', '9999-06-01 00:00:00+00')"
+        ),
+        errors::period_out_of_range(None, &late, "NULL")
+    );
 }
 
 #[test]
@@ -100,6 +124,7 @@ fn tenant_checks_say_what_the_catalogue_says() {
         .unwrap();
     let (start, end) = ("2026-03-01 00:00:00+00", "2026-02-01 00:00:00+00");
     let (start_shown, end_shown) = (shown(&mut client, start), shown(&mut client, end));
+    let early_shown = shown(&mut client, "1969-12-31 00:00:00+00");
     let cases = [
         (
             "INSERT INTO tally.tenants (tenant_id) VALUES (NULL)".to_string(),
@@ -126,6 +151,14 @@ fn tenant_checks_say_what_the_catalogue_says() {
                 "UPDATE tally.tenants SET period_start = '{start}', period_end = '{end}' WHERE tenant_id = 'acme'"
             ),
             errors::period_end_not_after_start(Some("acme"), &start_shown, &end_shown),
+        ),
+        (
+            "INSERT INTO tally.tenants (tenant_id) VALUES (repeat('t', 300))".to_string(),
+            errors::too_long("tenant_id", 300),
+        ),
+        (
+            "UPDATE tally.tenants SET period_start = '1969-12-31 00:00:00+00' WHERE tenant_id = 'acme'".to_string(),
+            errors::period_out_of_range(Some("acme"), &early_shown, ""),
         ),
         (
             "UPDATE tally.tenants SET tenant_id = 'acme2' WHERE tenant_id = 'acme'".to_string(),
@@ -230,8 +263,20 @@ fn library_functions_raise_catalogue_entries() {
             "SELECT tally.accept_subscription_event('acme', 'braintree', now())",
             errors::unknown_provider("braintree"),
         ),
+        (
+            "SELECT tally.check_and_increment_usage(repeat('x', 256), 'messages')",
+            errors::too_long("tenant_id", 256),
+        ),
     ];
     for (sql, expected) in cases {
         assert_eq!(reported(&mut client, sql), expected, "{sql}");
     }
+    let late = shown(&mut client, "9999-06-01 00:00:00+00");
+    assert_eq!(
+        reported(
+            &mut client,
+            "SELECT tally.start_period('nobody', '9999-06-01 00:00:00+00')"
+        ),
+        errors::period_out_of_range(None, &late, "NULL")
+    );
 }

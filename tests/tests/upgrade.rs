@@ -6,7 +6,8 @@ use tally_tests::*;
 
 /// Every object of the extension, one line each, sorted: columns in order
 /// with types, defaults and nullability, constraints, indexes, full function
-/// definitions, triggers, comments and extension membership.
+/// definitions, triggers, comments, owners and privileges, and extension
+/// membership.
 const DESCRIBE_SCHEMA: &str = "
     SELECT string_agg(line, E'\\n' ORDER BY line) FROM (
         SELECT format('relation %s %s %s', c.relname, c.relkind, c.reloptions) AS line
@@ -37,6 +38,14 @@ const DESCRIBE_SCHEMA: &str = "
           FROM pg_description WHERE objoid IN (
               SELECT oid FROM pg_class WHERE relnamespace = 'tally'::regnamespace
               UNION ALL SELECT oid FROM pg_proc WHERE pronamespace = 'tally'::regnamespace)
+        UNION ALL
+        SELECT format('owner %s %s %s', c.relname, c.relowner::regrole, c.relacl)
+          FROM pg_class c WHERE c.relnamespace = 'tally'::regnamespace AND c.relkind IN ('r', 'c')
+        UNION ALL
+        SELECT format('privileges %s %s %s', p.oid::regprocedure, p.proowner::regrole, p.proacl)
+          FROM pg_proc p WHERE p.pronamespace = 'tally'::regnamespace
+        UNION ALL
+        SELECT format('schema %s', n.nspacl) FROM pg_namespace n WHERE n.nspname = 'tally'
         UNION ALL
         SELECT format('member %s', pg_describe_object(classid, objid, objsubid))
           FROM pg_depend

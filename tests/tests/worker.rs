@@ -75,10 +75,12 @@ fn start_worker(
     let client =
         tallyd::worker::stripe::MeterClient::new(KEY, &fake.base_url, Duration::from_secs(5))
             .unwrap();
-    let (shutdown, url) = (CancellationToken::new(), db.url().to_string());
+    let (shutdown, url) = (CancellationToken::new(), db.url_as("tally_daemon"));
     let token = shutdown.clone();
     let handle =
-        tokio::spawn(async move { tallyd::run_worker(&url, client, config(rate), token).await });
+        tokio::spawn(
+            async move { tallyd::run_worker(&url, false, client, config(rate), token).await },
+        );
     (shutdown, handle)
 }
 
@@ -98,7 +100,7 @@ fn spawn_worker(db: &TestDb, fake: &FakeStripe, lease: &str) -> Child {
             "--worker-poll",
             "20ms",
         ])
-        .env("DATABASE_URL", db.url())
+        .env("DATABASE_URL", db.url_as("tally_daemon"))
         .env("STRIPE_SECRET_KEY", KEY)
         .env("STRIPE_API_BASE", &fake.base_url)
         .stderr(Stdio::null())
@@ -222,7 +224,7 @@ async fn a_customer_stripe_rejects_fails_for_good_and_the_queue_goes_on() {
     // The operator sees them, with the reason, and can put them back.
     let listing = Command::new(tallyd_binary())
         .arg("reports")
-        .env("DATABASE_URL", db.url())
+        .env("DATABASE_URL", db.url_as("tally_admin"))
         .output()
         .unwrap();
     let listing = String::from_utf8(listing.stdout).unwrap();
@@ -232,7 +234,7 @@ async fn a_customer_stripe_rejects_fails_for_good_and_the_queue_goes_on() {
     );
     let retry = Command::new(tallyd_binary())
         .args(["reports", "retry", "--all-failed"])
-        .env("DATABASE_URL", db.url())
+        .env("DATABASE_URL", db.url_as("tally_admin"))
         .output()
         .unwrap();
     assert_eq!(
@@ -600,7 +602,7 @@ async fn the_money_path_bills_every_allowed_unit_once() {
     // Every failed report is listed, with its reason.
     let listing = Command::new(tallyd_binary())
         .arg("reports")
-        .env("DATABASE_URL", db.url())
+        .env("DATABASE_URL", db.url_as("tally_admin"))
         .output()
         .unwrap();
     let listing = String::from_utf8(listing.stdout).unwrap();

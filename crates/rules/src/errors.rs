@@ -20,6 +20,8 @@ pub enum SqlState {
     NullValueNotAllowed,
     /// 22003: a counter would pass the largest count.
     NumericValueOutOfRange,
+    /// 22008: a billing period outside the years tally accepts.
+    DatetimeFieldOverflow,
     /// P0002: an unknown tenant, plan, metric or report.
     NoDataFound,
     /// 55000: a plan change refused; a tenant with unsent usage; a database
@@ -27,15 +29,19 @@ pub enum SqlState {
     ObjectNotInPrerequisiteState,
     /// 23505: a provider customer already linked to another tenant.
     UniqueViolation,
+    /// 42501: a `tally` schema that someone else made.
+    InsufficientPrivilege,
     /// XX000: a bug in tally.
     InternalError,
 }
 
 impl SqlState {
-    pub const ALL: [SqlState; 7] = [
+    pub const ALL: [SqlState; 9] = [
         SqlState::InvalidParameterValue,
         SqlState::NullValueNotAllowed,
         SqlState::NumericValueOutOfRange,
+        SqlState::DatetimeFieldOverflow,
+        SqlState::InsufficientPrivilege,
         SqlState::NoDataFound,
         SqlState::ObjectNotInPrerequisiteState,
         SqlState::UniqueViolation,
@@ -48,6 +54,8 @@ impl SqlState {
             SqlState::InvalidParameterValue => "22023",
             SqlState::NullValueNotAllowed => "22004",
             SqlState::NumericValueOutOfRange => "22003",
+            SqlState::DatetimeFieldOverflow => "22008",
+            SqlState::InsufficientPrivilege => "42501",
             SqlState::NoDataFound => "P0002",
             SqlState::ObjectNotInPrerequisiteState => "55000",
             SqlState::UniqueViolation => "23505",
@@ -86,6 +94,8 @@ pub mod message {
     pub const UNKNOWN_TENANT_STATUS: &str = "unknown tenant status";
     pub const UNKNOWN_PROVIDER: &str = "unknown provider";
     pub const PERIOD_NOT_FINITE: &str = "billing period must be finite";
+    pub const PERIOD_OUT_OF_RANGE: &str = "billing period out of range";
+    pub const SCHEMA_TAKEN: &str = "schema tally already exists";
     pub const PERIOD_END_WITHOUT_START: &str = "period_end needs a period_start";
     pub const PERIOD_END_NOT_AFTER_START: &str = "period_end must be after period_start";
     pub const NEGATIVE_MAX_UNITS: &str = "max_units must not be negative";
@@ -140,11 +150,17 @@ impl std::error::Error for Failure {}
 
 use SqlState::*;
 
+/// The most of a caller's value a message repeats, in characters.
+pub const MAX_ECHOED_CHARS: usize = 100;
+
 /// An identifier as it is shown in DETAIL: quoted like a SQL literal (the
 /// way PL/pgSQL's `format('%L')` shows it), so an empty or odd id is still
-/// visible.
+/// visible; a long one is cut at [`MAX_ECHOED_CHARS`] and marked with `…`.
 pub fn quoted(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    match value.char_indices().nth(MAX_ECHOED_CHARS) {
+        None => format!("'{}'", value.replace('\'', "''")),
+        Some((cut, _)) => format!("'{}'…", value[..cut].replace('\'', "''")),
+    }
 }
 
 // Arguments of the SQL functions.
@@ -157,6 +173,16 @@ pub fn null_argument(name: &str) -> Failure {
 pub fn empty_argument(name: &str) -> Failure {
     Failure::new(InvalidParameterValue, format!("{name} must not be empty"))
         .hint(format!("pass a non-empty {name}"))
+}
+
+/// The longest id (tenant, metric, plan, event, customer) and idempotency key
+/// tally takes, in bytes. Stripe's idempotency keys have the same bound.
+pub const MAX_ID_BYTES: usize = 255;
+
+pub fn too_long(name: &str, bytes: usize) -> Failure {
+    Failure::new(InvalidParameterValue, format!("{name} is too long"))
+        .detail(format!("{bytes} bytes, at most {MAX_ID_BYTES}"))
+        .hint(format!("use an id of at most {MAX_ID_BYTES} bytes"))
 }
 
 pub fn units_not_positive(units: i64) -> Failure {
@@ -300,6 +326,27 @@ pub fn period_not_finite(tenant: Option<&str>, start: &str, end: &str) -> Failur
     }
 }
 
+/// A period bound outside [1970, 9999); `start` and `end` as Postgres
+/// prints them.
+pub fn period_out_of_range(tenant: Option<&str>, start: &str, end: &str) -> Failure {
+    let detail = match tenant {
+        Some(tenant) => format!("tenant {}, period {start} to {end}", quoted(tenant)),
+        None => format!("period {start} to {end}"),
+    };
+    Failure::new(DatetimeFieldOverflow, message::PERIOD_OUT_OF_RANGE)
+        .detail(detail)
+        .hint("a billing period starts in 1970 or later and ends before 9999")
+}
+
+/// `CREATE EXTENSION` found a `tally` schema it did not make.
+pub fn schema_taken(owner: &str) -> Failure {
+    Failure::new(InsufficientPrivilege, message::SCHEMA_TAKEN)
+        .detail(format!(
+            "schema tally belongs to role {owner} and may hold objects of its own"
+        ))
+        .hint("drop or rename that schema after checking what is in it, then create the extension")
+}
+
 pub fn period_end_without_start(tenant: &str, end: &str) -> Failure {
     Failure::new(InvalidParameterValue, message::PERIOD_END_WITHOUT_START)
         .detail(format!("tenant {}, period_end {end}", quoted(tenant)))
@@ -435,7 +482,7 @@ mod tests {
         for state in SqlState::ALL {
             assert_eq!(SqlState::from_code(state.code()), Some(state));
         }
-        assert_eq!(SqlState::from_code("42501"), None);
+        assert_eq!(SqlState::from_code("42P01"), None);
     }
 
     #[test]
@@ -458,6 +505,18 @@ mod tests {
         assert_eq!(
             missing_id("plan_id", true).message,
             "plan_id must not be empty"
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        let long = "é".repeat(300);
+        let shown = quoted(&long);
+        assert_eq!(shown.chars().count(), MAX_ECHOED_CHARS + 3);
+        assert!(shown.ends_with("'…"));
+        assert_eq!(
+            quoted(&"a".repeat(MAX_ECHOED_CHARS)).len(),
+            MAX_ECHOED_CHARS + 2
         );
     }
 

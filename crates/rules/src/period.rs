@@ -7,6 +7,18 @@ pub const MICROS_PER_DAY: Micros = 86_400_000_000;
 /// Days from 1970-01-01 to 2000-01-01.
 pub(crate) const UNIX_DAYS_AT_PG_EPOCH: i64 = 10_957;
 
+/// The earliest period start tally accepts: 1970-01-01 00:00 UTC.
+pub const EARLIEST_PERIOD_START: Micros = -946_684_800_000_000;
+/// Every period bound comes before 9999-01-01 00:00 UTC, so a month added to
+/// a start always stays within what Postgres can store.
+pub const PERIODS_END_BEFORE: Micros = 252_424_080_000_000_000;
+
+/// Whether a stored or given period lies within the years tally accepts.
+pub fn period_in_range(start: Micros, end: Option<Micros>) -> bool {
+    (EARLIEST_PERIOD_START..PERIODS_END_BEFORE).contains(&start)
+        && end.is_none_or(|end| end < PERIODS_END_BEFORE)
+}
+
 /// A billing period, `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Period {
@@ -105,6 +117,18 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periods_lie_between_1970_and_9999() {
+        assert!(period_in_range(0, None));
+        assert!(period_in_range(EARLIEST_PERIOD_START, Some(0)));
+        assert!(!period_in_range(EARLIEST_PERIOD_START - 1, None));
+        assert!(!period_in_range(PERIODS_END_BEFORE, None));
+        assert!(!period_in_range(0, Some(PERIODS_END_BEFORE)));
+        // A month after the latest start is still a valid timestamp.
+        let last = PERIODS_END_BEFORE - 1;
+        assert!(add_one_month(last) > last);
+    }
 
     /// 2024-`month`-`day` `hour`:00 UTC, in Postgres microseconds.
     fn at(year: i64, month: u32, day: u32, hour: i64) -> Micros {

@@ -1,14 +1,17 @@
-//! The long-running commands, `serve` and `worker`: their flags, turned into
-//! a [`Config`] or a [`WorkerConfig`], and a shutdown on SIGTERM or ctrl-c.
+//! The long-running commands, `serve` and `worker`: their flags and secrets
+//! (from the environment, see `secrets`), turned into a [`Config`] or a
+//! [`WorkerConfig`], and a shutdown on SIGTERM or ctrl-c.
 
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::BoolishValueParser;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::format::{parse_span, Span};
+use super::secrets;
 use crate::signature::Secrets;
 use crate::telemetry::{self, LogFormat};
 use crate::worker::stripe::MeterClient;
@@ -16,26 +19,11 @@ use crate::worker::WorkerConfig;
 use crate::Config;
 
 #[derive(Debug, Args)]
+#[command(after_help = secrets::SERVE_HELP)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Stripe webhook signing secrets, comma-separated (several while rotating).
-    #[arg(
-        long,
-        env = "STRIPE_WEBHOOK_SECRET",
-        hide_env_values = true,
-        default_value = ""
-    )]
-    pub stripe_webhook_secret: String,
-    /// Paddle webhook signing secrets, comma-separated.
-    #[arg(
-        long,
-        env = "PADDLE_WEBHOOK_SECRET",
-        hide_env_values = true,
-        default_value = ""
-    )]
-    pub paddle_webhook_secret: String,
     /// Log format.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -48,6 +36,10 @@ pub struct ServeArgs {
     /// Do not run the usage-report worker in this process.
     #[arg(long)]
     pub no_worker: bool,
+    /// Run even when the database role is a superuser (tallyd needs only a
+    /// role granted tally_daemon); logs a warning.
+    #[arg(long, env = "TALLY_ALLOW_SUPERUSER", value_parser = BoolishValueParser::new())]
+    pub allow_superuser: bool,
     #[command(flatten)]
     pub worker: WorkerArgs,
 }
@@ -57,10 +49,8 @@ pub struct ServeArgs {
 /// `WorkerConfig::default()`) behave alike.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Stripe secret key, for sending usage reports.
-    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true)]
-    pub stripe_secret_key: Option<String>,
-    /// Stripe's API address (tests and the demo point it at a local fake).
+    /// Stripe's API address: https://, or http:// on a loopback address (tests
+    /// and the demo point it at a local fake).
     #[arg(
         long,
         env = "STRIPE_API_BASE",
@@ -88,22 +78,24 @@ pub struct WorkerArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = secrets::WORKER_HELP)]
 pub struct WorkerCommandArgs {
     #[command(flatten)]
     pub worker: WorkerArgs,
+    /// Run even when the database role is a superuser (tallyd needs only a
+    /// role granted tally_daemon); logs a warning.
+    #[arg(long, env = "TALLY_ALLOW_SUPERUSER", value_parser = BoolishValueParser::new())]
+    pub allow_superuser: bool,
     /// Log format.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
 
 impl WorkerArgs {
-    /// The worker these flags describe; none without a Stripe secret key.
-    fn worker(&self) -> Result<Option<(MeterClient, WorkerConfig)>> {
-        let Some(key) = self
-            .stripe_secret_key
-            .as_deref()
-            .filter(|key| !key.is_empty())
-        else {
+    /// The worker these flags describe with the Stripe secret key `key`;
+    /// none without one.
+    fn worker(&self, key: Option<&str>) -> Result<Option<(MeterClient, WorkerConfig)>> {
+        let Some(key) = key.filter(|key| !key.is_empty()) else {
             return Ok(None);
         };
         let rate_ok = self.worker_rate.is_finite() && self.worker_rate > 0.0;
@@ -125,16 +117,23 @@ impl WorkerArgs {
 /// `tallyd serve`.
 pub(super) async fn serve(url: &str, args: ServeArgs) -> Result<()> {
     telemetry::init(args.log_format);
+    let secret = |name| -> Result<Secrets> {
+        Ok(Secrets::parse(
+            secrets::from_env(name)?.as_deref().unwrap_or(""),
+        ))
+    };
     let config = Config {
         database_url: url.to_string(),
         pool_size: args.pool_size,
-        stripe_webhook_secrets: Secrets::parse(&args.stripe_webhook_secret),
-        paddle_webhook_secrets: Secrets::parse(&args.paddle_webhook_secret),
+        stripe_webhook_secrets: secret(secrets::STRIPE_WEBHOOK_SECRET)?,
+        paddle_webhook_secrets: secret(secrets::PADDLE_WEBHOOK_SECRET)?,
         max_body_bytes: args.max_body_bytes,
+        allow_superuser: args.allow_superuser,
         worker: if args.no_worker {
             None
         } else {
-            args.worker.worker()?
+            let key = secrets::from_env(secrets::STRIPE_SECRET_KEY)?;
+            args.worker.worker(key.as_deref())?
         },
     };
     if config.stripe_webhook_secrets.is_empty() && config.paddle_webhook_secrets.is_empty() {
@@ -154,12 +153,13 @@ pub(super) async fn serve(url: &str, args: ServeArgs) -> Result<()> {
 /// `tallyd worker`.
 pub(super) async fn worker(url: &str, args: WorkerCommandArgs) -> Result<()> {
     telemetry::init(args.log_format);
-    let Some((client, config)) = args.worker.worker()? else {
-        bail!("no Stripe secret key: set STRIPE_SECRET_KEY or pass --stripe-secret-key");
+    let key = secrets::from_env(secrets::STRIPE_SECRET_KEY)?;
+    let Some((client, config)) = args.worker.worker(key.as_deref())? else {
+        bail!("no Stripe secret key: set STRIPE_SECRET_KEY or STRIPE_SECRET_KEY_FILE");
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    crate::run_worker(url, client, config, shutdown).await
+    crate::run_worker(url, args.allow_superuser, client, config, shutdown).await
 }
 
 /// Cancel on SIGTERM or ctrl-c: the server finishes what is in flight.

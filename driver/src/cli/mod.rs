@@ -12,6 +12,7 @@ mod daemon;
 mod format;
 mod operator;
 mod reports;
+mod secrets;
 
 pub use daemon::{ServeArgs, WorkerArgs, WorkerCommandArgs};
 pub use format::{parse_age, parse_duration, Span};
@@ -30,8 +31,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create the tally extension in the database, or upgrade it to the
-    /// version this tallyd was built for.
-    Migrate,
+    /// version this tallyd was built for, then check that it lives in schema
+    /// tally, owned by a superuser or tally_owner.
+    Migrate {
+        /// Postgres connection URL of a role allowed to create and upgrade
+        /// the extension. Defaults to DATABASE_URL (--database-url): give
+        /// this one when serve and worker connect as a less privileged role.
+        #[arg(long, env = "TALLY_ADMIN_DATABASE_URL", hide_env_values = true)]
+        admin_database_url: Option<String>,
+    },
     /// Serve provider webhooks, the tenant API, health checks and metrics,
     /// and run the usage-report worker (unless --no-worker).
     Serve(ServeArgs),
@@ -110,10 +118,16 @@ fn database_url(cli: &Cli) -> Result<&str> {
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::Migrate {
+        admin_database_url: Some(admin_url),
+    } = &cli.command
+    {
+        return operator::migrate(admin_url).await;
+    }
     let url = database_url(&cli)?.to_string();
     let url = url.as_str();
     match cli.command {
-        Command::Migrate => operator::migrate(url).await,
+        Command::Migrate { .. } => operator::migrate(url).await,
         Command::Serve(args) => daemon::serve(url, args).await,
         Command::Worker(args) => daemon::worker(url, args).await,
         Command::Reports { command: None } => reports::show(url).await,
@@ -155,24 +169,58 @@ mod tests {
     }
 
     #[test]
-    fn serve_takes_its_secrets_from_the_environment_without_showing_them() {
+    fn secrets_are_not_taken_on_the_command_line() {
         let help = Cli::try_parse_from(["tallyd", "serve", "--help"])
             .unwrap_err()
             .to_string();
-        assert!(help.contains("STRIPE_WEBHOOK_SECRET"));
+        assert!(help.contains("STRIPE_WEBHOOK_SECRET_FILE") || help.contains("NAME_FILE"));
+        assert!(help.contains("STRIPE_WEBHOOK_SECRET") && help.contains("STRIPE_SECRET_KEY"));
+        for flag in [
+            "--stripe-webhook-secret",
+            "--paddle-webhook-secret",
+            "--stripe-secret-key",
+        ] {
+            assert!(Cli::try_parse_from(["tallyd", "serve", flag, "x"]).is_err());
+            assert!(!help.contains(flag), "{flag}");
+        }
+        assert_eq!(
+            format!("{:?}", Secrets::parse("whsec_a,whsec_b")),
+            "Secrets([redacted; 2])"
+        );
+    }
+
+    #[test]
+    fn migrate_takes_an_admin_url_and_serve_may_be_allowed_a_superuser() {
         let cli = Cli::try_parse_from([
             "tallyd",
-            "serve",
-            "--stripe-webhook-secret",
-            "whsec_a,whsec_b",
+            "migrate",
+            "--admin-database-url",
+            "postgres://admin@db/app",
         ])
         .unwrap();
+        let Command::Migrate { admin_database_url } = cli.command else {
+            panic!("not migrate")
+        };
+        assert_eq!(
+            admin_database_url.as_deref(),
+            Some("postgres://admin@db/app")
+        );
+        let help = Cli::try_parse_from(["tallyd", "migrate", "--help"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            help.contains("TALLY_ADMIN_DATABASE_URL") && help.contains("Defaults to DATABASE_URL")
+        );
+
+        let cli = Cli::try_parse_from(["tallyd", "worker", "--allow-superuser"]).unwrap();
+        let Command::Worker(args) = cli.command else {
+            panic!("not worker")
+        };
+        assert!(args.allow_superuser);
+        let cli = Cli::try_parse_from(["tallyd", "serve"]).unwrap();
         let Command::Serve(args) = cli.command else {
             panic!("not serve")
         };
-        assert_eq!(
-            format!("{:?}", Secrets::parse(&args.stripe_webhook_secret)),
-            "Secrets([redacted; 2])"
-        );
+        assert!(!args.allow_superuser || std::env::var_os("TALLY_ALLOW_SUPERUSER").is_some());
     }
 }

@@ -98,13 +98,14 @@ fn kind(code: &PgState, text: &str) -> ErrorKind {
     if let Some(state) = SqlState::from_code(code.code()) {
         return match state {
             SqlState::NoDataFound => ErrorKind::NotFound(missing(text)),
-            SqlState::InvalidParameterValue | SqlState::NullValueNotAllowed => {
-                ErrorKind::InvalidArgument
-            }
+            SqlState::InvalidParameterValue
+            | SqlState::NullValueNotAllowed
+            | SqlState::DatetimeFieldOverflow => ErrorKind::InvalidArgument,
             SqlState::NumericValueOutOfRange => ErrorKind::OutOfRange,
             SqlState::ObjectNotInPrerequisiteState => ErrorKind::Refused,
             SqlState::UniqueViolation => ErrorKind::AlreadyExists,
-            SqlState::InternalError => ErrorKind::Other,
+            // A role without a grant it needs: a deployment mistake.
+            SqlState::InsufficientPrivilege | SqlState::InternalError => ErrorKind::Other,
         };
     }
     // Postgres's own, which tally does not raise but its tables and
@@ -166,6 +167,12 @@ mod tests {
                 message::CUSTOMER_LINKED_ELSEWHERE,
                 ErrorKind::AlreadyExists,
             ),
+            (
+                "22008",
+                message::PERIOD_OUT_OF_RANGE,
+                ErrorKind::InvalidArgument,
+            ),
+            ("42501", message::SCHEMA_TAKEN, ErrorKind::Other),
             ("XX000", message::INTERNAL, ErrorKind::Other),
         ];
         for catalogued in SqlState::ALL {

@@ -16,37 +16,43 @@ pub mod admin;
 mod error;
 pub mod events;
 pub mod reports;
+mod roles;
 pub mod tenant_api;
+pub mod tls;
 
 use std::future::Future;
 
 use anyhow::{bail, Context, Result};
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, NoTls, Row, Statement};
+use tokio_postgres::{GenericClient, Row, Statement};
 
 /// A connection with its cache of prepared statements.
 pub use deadpool_postgres::ClientWrapper as Client;
 pub use deadpool_postgres::Pool;
 pub use error::{Error, ErrorKind, Missing};
+pub use roles::{check_extension_home, check_not_superuser, is_superuser, refuse_superuser};
 
 /// A [`Client`] on loan from the [`Pool`]; it derefs to the [`Client`].
 pub type PooledClient = deadpool_postgres::Client;
 
 /// A connection pool for the server. Connections are made lazily; a bad URL
-/// is reported at once.
-pub fn pool(url: &str, size: usize) -> Result<Pool> {
+/// or root certificate is reported at once. Unless `allow_superuser`, a
+/// connection whose role is a superuser is refused (see [`refuse_superuser`]).
+pub fn pool(url: &str, size: usize, allow_superuser: bool) -> Result<Pool> {
+    let (config, tls) = tls::parse(url)?;
     let manager = Manager::from_config(
-        parse(url)?,
-        NoTls,
+        config,
+        tls::connector(&tls)?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(manager)
-        .max_size(size)
-        .build()
-        .context("building the database pool")
+    let mut builder = Pool::builder(manager).max_size(size);
+    if !allow_superuser {
+        builder = builder.post_create(roles::refuse_superuser_hook());
+    }
+    builder.build().context("building the database pool")
 }
 
 /// The installed extension's version, if it is installed.
@@ -63,9 +69,9 @@ pub async fn extension_version(client: &tokio_postgres::Client) -> Result<Option
 /// One connection, for an operator command. Errors name the server but
 /// never the password.
 pub async fn connect(url: &str) -> Result<Client> {
-    let config = parse(url)?;
+    let (config, tls) = tls::parse(url)?;
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(tls::connector(&tls)?)
         .await
         .with_context(|| format!("cannot connect to the database at {}", describe(&config)))?;
     let connection = tokio::spawn(async move {
@@ -74,11 +80,6 @@ pub async fn connect(url: &str) -> Result<Client> {
         }
     });
     Ok(Client::new(client, connection))
-}
-
-fn parse(url: &str) -> Result<tokio_postgres::Config> {
-    url.parse()
-        .context("DATABASE_URL is not a valid Postgres URL")
 }
 
 /// `user@host:port/dbname`, for messages.
@@ -107,7 +108,8 @@ pub enum Migration {
     Current { version: String },
 }
 
-/// Create the extension, or upgrade it to `target`, in one transaction.
+/// Create the extension, or upgrade it to `target`, in one transaction,
+/// and check where it lives ([`check_extension_home`]) before committing.
 pub async fn migrate(client: &mut tokio_postgres::Client, target: &str) -> Result<Migration> {
     let transaction = client.transaction().await?;
     let available = transaction
@@ -152,6 +154,7 @@ pub async fn migrate(client: &mut tokio_postgres::Client, target: &str) -> Resul
             }
         }
     };
+    check_extension_home(&transaction).await?;
     transaction.commit().await?;
     Ok(migration)
 }

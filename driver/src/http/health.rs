@@ -1,5 +1,6 @@
 //! `/healthz` (the process answers), `/readyz` (the database answers and has
-//! the extension at the version this tallyd needs) and `/metrics`.
+//! the extension at the version this tallyd needs, in schema `tally`) and
+//! `/metrics`.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -28,7 +29,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     };
     match db::extension_version(&client).await {
         Ok(Some(version)) if version == EXTENSION_VERSION => {
-            Json(json!({"ready": true, "extension": version})).into_response()
+            match db::check_extension_home(&**client).await {
+                Ok(()) => Json(json!({"ready": true, "extension": version})).into_response(),
+                Err(error) => not_ready(format!("{error:#}")),
+            }
         }
         Ok(Some(version)) => not_ready(format!(
             "the database has tally {version}, this tallyd needs {EXTENSION_VERSION}: run tallyd migrate"

@@ -83,8 +83,14 @@ async fn receive(
     }
     .map_err(|error| rejected("malformed_event", error.to_string()))?;
 
+    // Only ids and times are stored: the rest (customer details, amounts)
+    // is the provider's.
+    let record = match provider {
+        Provider::Stripe => events::stripe_record(&payload),
+        Provider::Paddle => events::paddle_record(&payload),
+    };
     let mut client = state.client().await?;
-    let outcome = db::apply(&mut client, &event, &payload)
+    let outcome = db::apply(&mut client, &event, &record)
         .await
         .map_err(|error| {
             ApiError::from_db(

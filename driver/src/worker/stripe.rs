@@ -63,8 +63,33 @@ impl std::fmt::Debug for MeterClient {
     }
 }
 
+/// Refuse a Stripe address that is not `https://`, unless its host is a
+/// loopback address or `localhost`.
+fn check_api_base(api_base: &str) -> anyhow::Result<()> {
+    let url = reqwest::Url::parse(api_base)
+        .map_err(|error| anyhow::anyhow!("STRIPE_API_BASE {api_base:?} is not a URL: {error}"))?;
+    // An IPv6 host comes bracketed: `[::1]`.
+    let host = url.host_str().unwrap_or("");
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if url.scheme() != "https" && !local {
+        anyhow::bail!(
+            "STRIPE_API_BASE {api_base:?} is not https://: only a loopback address may use plain http"
+        );
+    }
+    Ok(())
+}
+
 impl MeterClient {
+    /// A client for Stripe at `api_base`, which must be `https://` unless it
+    /// is on this machine (a local fake): the secret key travels with every
+    /// request.
     pub fn new(secret_key: &str, api_base: &str, timeout: Duration) -> anyhow::Result<MeterClient> {
+        check_api_base(api_base)?;
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .user_agent(concat!("tallyd/", env!("CARGO_PKG_VERSION")))
@@ -288,6 +313,27 @@ pub async fn send(client: &MeterClient, report: &Report, customer: &str) -> Verd
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_reaches_only_this_machine() {
+        for base in [
+            "https://api.stripe.com/",
+            "http://127.0.0.1:12111/",
+            "http://127.8.0.1/",
+            "http://localhost:1/",
+            "http://[::1]:8080",
+        ] {
+            assert!(check_api_base(base).is_ok(), "{base}");
+        }
+        for base in [
+            "http://api.stripe.com/",
+            "http://10.0.0.1/",
+            "ftp://localhost.evil/",
+            "nonsense",
+        ] {
+            assert!(check_api_base(base).is_err(), "{base}");
+        }
+    }
 
     fn report() -> Report {
         Report {
