@@ -113,6 +113,27 @@ pub fn timestamptz(at: Option<Micros>) -> DatumWithOid<'static> {
     }
 }
 
+/// Run `work` with `pg_catalog` alone as the search path, whatever the
+/// caller's is: no function, operator or type a caller plants in a schema
+/// of its own can stand in for a built-in in tally's statements. The hot
+/// functions use this instead of a `SET search_path` clause, which would
+/// make every call save, parse and restore a setting (and re-check every
+/// kept plan against the changed path). An error unwinds past the pop; the
+/// transaction's (or subtransaction's) abort removes the override then.
+pub fn with_catalog_search_path<T>(work: impl FnOnce() -> T) -> T {
+    let mut path = pg_sys::OverrideSearchPath {
+        addCatalog: true,
+        ..Default::default()
+    };
+    // SAFETY: Postgres copies the path; an empty schema list with the
+    // catalog added is a valid path.
+    unsafe { pg_sys::PushOverrideSearchPath(&mut path) };
+    let result = work();
+    // SAFETY: pops the override pushed above, still the innermost one.
+    unsafe { pg_sys::PopOverrideSearchPath() };
+    result
+}
+
 /// The start of the current transaction, which is what `now()` returns.
 pub fn now() -> Micros {
     // SAFETY: reads a field of the current transaction's state; always valid

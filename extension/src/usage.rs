@@ -438,7 +438,6 @@ fn usage_check(outcome: Outcome) -> PgHeapTuple<'static, AllocatedByRust> {
 /// plan, all or nothing. Over the limit is an answer (`allowed = false`), not
 /// an error. With an `idempotency_key`, a repeat returns the first result.
 #[pg_extern(security_definer, requires = ["counters"])]
-#[search_path(pg_catalog, pg_temp)]
 fn check_and_increment_usage(
     tenant_id: Option<&str>,
     metric: Option<&str>,
@@ -450,33 +449,36 @@ fn check_and_increment_usage(
     let units = args::units(units).or_raise();
     let key = args::idempotency_key(idempotency_key).or_raise();
 
-    let outcome = Spi::connect_mut(|client| {
-        let Some(key) = key else {
-            return increment(client, tenant_id, metric, units);
-        };
-        let claim: [DatumWithOid; 4] = [tenant_id.into(), key.into(), metric.into(), units.into()];
-        if spi::first_row(client, &CLAIM_KEY, &claim).is_none() {
-            if let Some(first) = stored_outcome(client, tenant_id, key) {
-                return first;
+    let outcome = spi::with_catalog_search_path(|| {
+        Spi::connect_mut(|client| {
+            let Some(key) = key else {
+                return increment(client, tenant_id, metric, units);
+            };
+            let claim: [DatumWithOid; 4] =
+                [tenant_id.into(), key.into(), metric.into(), units.into()];
+            if spi::first_row(client, &CLAIM_KEY, &claim).is_none() {
+                if let Some(first) = stored_outcome(client, tenant_id, key) {
+                    return first;
+                }
+                // Nothing claimed and nothing stored: the tenant does not exist,
+                // which the increment reports.
             }
-            // Nothing claimed and nothing stored: the tenant does not exist,
-            // which the increment reports.
-        }
-        let outcome = increment(client, tenant_id, metric, units);
-        spi::run(
-            client,
-            &SAVE_RESULT,
-            &[
-                tenant_id.into(),
-                key.into(),
-                outcome.allowed.into(),
-                outcome.used.into(),
-                outcome.max_units.into(),
-                outcome.remaining.into(),
-                outcome.reason.map(Reason::as_str).into(),
-            ],
-        );
-        outcome
+            let outcome = increment(client, tenant_id, metric, units);
+            spi::run(
+                client,
+                &SAVE_RESULT,
+                &[
+                    tenant_id.into(),
+                    key.into(),
+                    outcome.allowed.into(),
+                    outcome.used.into(),
+                    outcome.max_units.into(),
+                    outcome.remaining.into(),
+                    outcome.reason.map(Reason::as_str).into(),
+                ],
+            );
+            outcome
+        })
     });
     usage_check(outcome)
 }
@@ -485,7 +487,6 @@ fn check_and_increment_usage(
 /// Returns the new count. Works for metrics outside the tenant's plan, and
 /// creates nothing when the tenant has no counter for the metric.
 #[pg_extern(security_definer)]
-#[search_path(pg_catalog, pg_temp)]
 fn decrement_usage(
     tenant_id: Option<&str>,
     metric: Option<&str>,
@@ -495,14 +496,16 @@ fn decrement_usage(
     let metric = args::id("metric", metric).or_raise();
     let units = args::units(units).or_raise();
 
-    Spi::connect_mut(|client| {
-        let stored = lock_count(client, tenant_id, metric);
-        let context = load_context(client, tenant_id, metric);
-        let change = rules::decrement(context.kind, stored, context.period.start, units);
-        if let Some(counter) = change.write {
-            write_count(client, tenant_id, metric, counter);
-        }
-        change.result
+    spi::with_catalog_search_path(|| {
+        Spi::connect_mut(|client| {
+            let stored = lock_count(client, tenant_id, metric);
+            let context = load_context(client, tenant_id, metric);
+            let change = rules::decrement(context.kind, stored, context.period.start, units);
+            if let Some(counter) = change.write {
+                write_count(client, tenant_id, metric, counter);
+            }
+            change.result
+        })
     })
 }
 

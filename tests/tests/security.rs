@@ -70,6 +70,12 @@ fn overloads_planted_in_public_never_run_inside_tally() {
              BEGIN INSERT INTO public.planted_calls VALUES (current_user); RETURN 'planted'; END $$;"
         ));
     }
+    // And an operator: the hot path's statements add and compare bigints.
+    plant.push_str(
+        "CREATE FUNCTION public.plus(bigint, bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO public.planted_calls VALUES (current_user); RETURN $1 OPERATOR(pg_catalog.+) $2; END $$;
+         CREATE OPERATOR public.+ (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = public.plus);",
+    );
     attacker.batch_execute(&plant).unwrap();
 
     // A superuser with the default search_path runs what tallyd worker,
@@ -89,6 +95,16 @@ fn overloads_planted_in_public_never_run_inside_tally() {
              SELECT * FROM tally.claim_usage_reports(10, '1 minute');
              SELECT tally.requeue_failed_usage_reports(NULL);
              SELECT tally.check_and_increment_usage('acme', 'messages', 1);",
+        )
+        .unwrap();
+    // A caller that puts its own schema before pg_catalog.
+    admin
+        .batch_execute(
+            "SET search_path = public, pg_catalog;
+             SELECT tally.check_and_increment_usage('acme', 'messages', 1);
+             SELECT tally.check_and_increment_usage('acme', 'chatbots', 1);
+             SELECT tally.decrement_usage('acme', 'chatbots', 1);
+             RESET search_path;",
         )
         .unwrap();
     for bad in [
