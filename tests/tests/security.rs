@@ -107,6 +107,17 @@ fn overloads_planted_in_public_never_run_inside_tally() {
              RESET search_path;",
         )
         .unwrap();
+    let planted_calls = |admin: &mut Client| -> i64 {
+        admin
+            .query_one("SELECT count(*) FROM public.planted_calls", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(
+        planted_calls(&mut admin),
+        0,
+        "a planted function ran inside tally's queue or enforcement functions"
+    );
     for bad in [
         "INSERT INTO tally.metrics (metric, kind) VALUES ('sms', 'monthly')",
         "INSERT INTO tally.plans (plan_id) VALUES (repeat('p', 300))",
@@ -114,17 +125,14 @@ fn overloads_planted_in_public_never_run_inside_tally() {
     ] {
         failure(&mut admin, bad);
     }
-    let calls: i64 = admin
-        .query_one("SELECT count(*) FROM public.planted_calls", &[])
-        .unwrap()
-        .get(0);
+    let calls = planted_calls(&mut admin);
     let superuser: bool = admin
         .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role])
         .unwrap()
         .get(0);
     drop(attacker);
     drop_role(&mut admin, &db, &role);
-    assert_eq!(calls, 0, "a planted function ran inside tally");
+    assert_eq!(calls, 0, "a planted function ran inside tally's checks");
     assert!(!superuser);
 }
 
