@@ -105,17 +105,22 @@ impl TestDb {
         Client::connect(&self.url, NoTls).expect("connect to the test database")
     }
 
-    /// This database's URL for a login role that is a member of `group`
-    /// (`tally_app`, `tally_daemon` or `tally_admin`) and nothing else.
-    pub fn url_as(&self, group: &str) -> String {
-        let login = login_role(group);
+    /// This database's URL for the login role `user` (trust authentication:
+    /// the test cluster is local and throwaway).
+    pub fn url_for(&self, user: &str) -> String {
         match self.url.split_once("://").and_then(|(scheme, rest)| {
             let (_, host) = rest.split_once('@')?;
-            Some(format!("{scheme}://{login}@{host}"))
+            Some(format!("{scheme}://{user}@{host}"))
         }) {
             Some(url) => url,
             None => panic!("TALLY_TEST_DATABASE_URL must look like postgresql://user@host:port/db"),
         }
+    }
+
+    /// This database's URL for a login role that is a member of `group`
+    /// (`tally_app`, `tally_daemon` or `tally_admin`) and nothing else.
+    pub fn url_as(&self, group: &str) -> String {
+        self.url_for(&login_role(group))
     }
 
     /// A connection as a login role that is a member of `group` only.

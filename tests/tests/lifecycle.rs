@@ -28,6 +28,41 @@ fn a_thousand_attempts_on_one_event_over_twenty_connections_lock_it_once() {
 }
 
 #[test]
+fn a_payload_too_large_to_keep_is_dropped_and_the_event_still_locked() {
+    let db = TestDb::create();
+    let mut client = db.connect();
+    // Just over 16 KiB of JSON text, and just under.
+    let big = format!("{{\"note\": \"{}\"}}", "x".repeat(16 * 1024));
+    let small = format!("{{\"note\": \"{}\"}}", "x".repeat(16 * 1024 - 20));
+    for (event_id, payload) in [("evt_big", &big), ("evt_small", &small)] {
+        let locked: bool = client
+            .query_one(
+                "SELECT tally.attempt_event_lock('stripe', $1, 'invoice.paid', $2::text::jsonb)",
+                &[&event_id, payload],
+            )
+            .unwrap()
+            .get(0);
+        assert!(locked, "{event_id}");
+    }
+    let kept: Vec<(String, bool)> = client
+        .query(
+            "SELECT event_id, payload IS NOT NULL FROM tally.provider_events ORDER BY event_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            ("evt_big".to_string(), false),
+            ("evt_small".to_string(), true)
+        ]
+    );
+}
+
+#[test]
 fn a_lock_whose_transaction_rolled_back_is_available_again() {
     let db = TestDb::create();
     let mut client = db.connect();

@@ -32,14 +32,12 @@ fn mallory(admin: &mut Client, db: &TestDb) -> String {
     name
 }
 
-fn drop_role(admin: &mut Client, db: &TestDb, role: &str) {
+fn drop_role(admin: &mut Client, role: &str) {
     let _ = admin.batch_execute(&format!("DROP OWNED BY {role} CASCADE; DROP ROLE {role};"));
-    let _ = db;
 }
 
 fn connect_user(db: &TestDb, user: &str) -> Client {
-    let url = db.url_as("tally_app").replace("tally_test_app", user);
-    Client::connect(&url, NoTls).expect("connect as the test's own role")
+    Client::connect(&db.url_for(user), NoTls).expect("connect as the test's own role")
 }
 
 #[test]
@@ -131,7 +129,7 @@ fn overloads_planted_in_public_never_run_inside_tally() {
         .unwrap()
         .get(0);
     drop(attacker);
-    drop_role(&mut admin, &db, &role);
+    drop_role(&mut admin, &role);
     assert_eq!(calls, 0, "a planted function ran inside tally's checks");
     assert!(!superuser);
 }
@@ -174,7 +172,7 @@ fn create_extension_refuses_a_tally_schema_made_by_another_role() {
     admin
         .batch_execute("DROP SCHEMA tally; CREATE SCHEMA tally; CREATE EXTENSION tally;")
         .unwrap();
-    drop_role(&mut admin, &db, &role);
+    drop_role(&mut admin, &role);
 }
 
 #[test]
