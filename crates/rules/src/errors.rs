@@ -103,6 +103,7 @@ pub mod message {
     pub const UNITS_NOT_POSITIVE: &str = "units must be positive";
     pub const KEY_TOO_LONG: &str = "idempotency_key is too long";
     pub const RESETS_CONSUMABLES_ONLY: &str = "reset_usage resets consumables only";
+    pub const REFERENCE_TENANT_TOO_LONG: &str = "tenant_id is too long for a checkout reference";
     pub const INTERNAL: &str = "tally internal error";
 }
 
@@ -237,6 +238,16 @@ pub fn retention_too_short(older_than: Option<&str>, at_least: &str) -> Failure 
     .hint(format!(
         "pass an interval such as '30 days', of at least {at_least}"
     ))
+}
+
+/// A tenant id too long for a signed checkout reference (which must fit
+/// Stripe's 200 characters of `client_reference_id`).
+pub fn reference_tenant_too_long(bytes: usize, max: usize) -> Failure {
+    Failure::new(InvalidParameterValue, message::REFERENCE_TENANT_TOO_LONG)
+        .detail(format!(
+            "tenant_id has {bytes} bytes, a signed reference takes at most {max}"
+        ))
+        .hint("link the customer with tally.link_provider_customer instead")
 }
 
 pub fn unknown_provider(provider: &str) -> Failure {
