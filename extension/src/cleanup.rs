@@ -28,6 +28,12 @@ fn keys_kept_at_least() -> Interval {
     Interval::from_hours(24)
 }
 
+/// Providers retry a delivery for days: an event forgotten sooner would be
+/// applied again.
+fn events_kept_at_least() -> Interval {
+    Interval::from_days(crate::rules::billing::PROVIDER_EVENTS_KEPT_AT_LEAST_DAYS)
+}
+
 fn nothing() -> Interval {
     Interval::from_micros(0)
 }
@@ -54,12 +60,16 @@ fn forget(statement: &'static Statement, older_than: Interval) -> i64 {
     Spi::connect_mut(|client| spi::run(client, statement, &[older_than.into()]).len() as i64)
 }
 
-/// Forget provider events received before `now() - older_than`; returns how
+/// Forget provider events received before `now() - older_than`, which must
+/// be at least 3 days (providers retry deliveries that long); returns how
 /// many.
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn cleanup_provider_events(older_than: default!(Option<Interval>, "'30 days'")) -> i64 {
-    forget(&FORGET_EVENTS, retention(older_than, nothing()).or_raise())
+    forget(
+        &FORGET_EVENTS,
+        retention(older_than, events_kept_at_least()).or_raise(),
+    )
 }
 
 /// Forget idempotency keys claimed before `now() - older_than`, which must

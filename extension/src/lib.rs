@@ -12,6 +12,7 @@
 use pgrx::prelude::*;
 
 mod args;
+mod billing;
 mod cleanup;
 mod composite;
 mod errors;

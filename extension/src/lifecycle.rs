@@ -77,6 +77,13 @@ static CUSTOMER_OWNER: Statement = Statement {
     params: &[TEXT, TEXT],
 };
 
+/// The tenant a provider's subscription is linked to.
+static SUBSCRIPTION_OWNER: Statement = Statement {
+    sql: "SELECT tenant_id FROM tally.provider_links
+           WHERE provider = $1 AND object = 'subscription' AND object_id = $2",
+    params: &[TEXT, TEXT],
+};
+
 static LINK_STRIPE: Statement = Statement {
     sql: "UPDATE tally.tenants
              SET stripe_customer_id = $2, stripe_subscription_id = coalesce($3, stripe_subscription_id)
@@ -215,8 +222,10 @@ fn set_tenant_status(tenant_id: Option<&str>, status: Option<&str>) -> bool {
 
 /// Link a billing provider's customer (and subscription) to a tenant, so
 /// that the provider's events find it. A customer or subscription linked to
-/// another tenant is refused (23505; the tenants trigger that keeps
-/// `tally.provider_links` reports a subscription).
+/// another tenant is refused (23505, `customer already linked to another
+/// tenant` or `subscription already linked to another tenant`). This is the
+/// operator's call and may replace the tenant's own link; webhooks link
+/// through `apply_checkout`, which never does.
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn link_provider_customer(
@@ -244,6 +253,18 @@ fn link_provider_customer(
         .and_then(|row| spi::get::<String>(&row, 1));
         if let Some(other) = current_owner.filter(|other| other != tenant_id) {
             errors::customer_linked_elsewhere(provider_name, customer_id, &other).raise()
+        }
+        if let Some(subscription_id) = subscription_id {
+            let subscription_owner = spi::first_row(
+                client,
+                &SUBSCRIPTION_OWNER,
+                &[provider_name.into(), subscription_id.into()],
+            )
+            .and_then(|row| spi::get::<String>(&row, 1));
+            if let Some(other) = subscription_owner.filter(|other| other != tenant_id) {
+                errors::subscription_linked_elsewhere(provider_name, subscription_id, &other)
+                    .raise()
+            }
         }
         let linked = spi::first_row(
             client,

@@ -32,12 +32,14 @@ BEGIN
     FOR grant_to IN
         SELECT * FROM (VALUES
             ('tally_app', ARRAY['check_and_increment_usage', 'decrement_usage', 'usage_summary',
-                                'validate_plan_change']),
+                                'validate_plan_change',
+                                'checkout_reference']),
             ('tally_daemon', ARRAY['change_plan', 'reset_usage', 'start_period', 'set_tenant_status',
                                    'link_provider_customer', 'attempt_event_lock',
                                    'accept_subscription_event', 'tenant_for_api_key',
                                    'claim_usage_reports', 'complete_usage_report', 'fail_usage_report',
-                                   'usage_report_stats']),
+                                   'usage_report_stats',
+                                   'apply_payment', 'apply_subscription', 'apply_checkout']),
             ('tally_admin', ARRAY['sync_usage', 'cleanup_provider_events', 'cleanup_idempotency_keys',
                                   'cleanup_usage_reports', 'requeue_failed_usage_reports',
                                   '_default_plan_id']))
@@ -70,9 +72,12 @@ EXCEPTION WHEN unique_violation OR duplicate_object OR internal_error THEN
 END
 $$;
 
--- tallyd serve reads plans, tenants and provider links directly.
-GRANT SELECT ON tally.plans, tally.tenants, tally.provider_links TO tally_daemon;
+-- tallyd serve reads tenants directly (the tenant API); billing effects go
+-- through the apply_* functions.
+GRANT SELECT ON tally.tenants TO tally_daemon;
 -- Configuration is written with plain SQL; everything is readable by admins.
 GRANT SELECT, INSERT, UPDATE, DELETE ON tally.metrics, tally.plans, tally.plan_limits, tally.tenants,
                                         tally.api_keys TO tally_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA tally TO tally_admin;
+-- The key that signs checkout references is tally_owner's alone.
+REVOKE ALL ON tally.reference_secret FROM tally_admin;

@@ -254,6 +254,11 @@ mod tests {
             "customer already linked to another tenant",
         );
         assert_fails(
+            "SELECT tally.link_provider_customer('globex', 'stripe', 'cus_2', 'sub_1')",
+            "23505",
+            "subscription already linked to another tenant",
+        );
+        assert_fails(
             "SELECT tally.link_provider_customer('acme', 'chargebee', 'x')",
             "22023",
             "unknown provider",
@@ -316,15 +321,18 @@ mod tests {
             value::<i64>("SELECT count(*) FROM tally.provider_events"),
             Some(1)
         );
-        assert_fails(
-            "SELECT tally.cleanup_provider_events(NULL)",
-            "22023",
-            "older_than must be at least 00:00:00",
-        );
-        assert_fails(
-            "SELECT tally.cleanup_provider_events('-1 day')",
-            "22023",
-            "older_than must be at least 00:00:00",
+        // Providers retry deliveries for 3 days: an event forgotten sooner
+        // would be applied again.
+        for too_short in ["NULL", "'-1 day'", "'1 day'", "'71 hours'"] {
+            assert_fails(
+                &format!("SELECT tally.cleanup_provider_events({too_short})"),
+                "22023",
+                "older_than must be at least 3 days",
+            );
+        }
+        assert_eq!(
+            value::<i64>("SELECT tally.cleanup_provider_events('3 days')"),
+            Some(0)
         );
 
         check("'acme', 'messages', 1, 'k-old'");

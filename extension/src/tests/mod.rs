@@ -2,6 +2,7 @@
 //! that is rolled back afterwards.
 
 mod bad_input;
+mod billing;
 mod daemon;
 mod enforcement;
 mod lifecycle;
