@@ -10,37 +10,52 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 use tally_rules::{Provider, TenantStatus};
 
-/// A provider's customer, and the tenant its checkout named, if any.
+/// A provider's customer, and the tenant reference its checkout carried, if
+/// any (Stripe `metadata.tenant_id`, Paddle `custom_data.tenant_id`: set by
+/// the buyer, so only a hint; see `tally.apply_checkout`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Customer {
     pub id: String,
-    pub tenant_hint: Option<String>,
+    pub reference: Option<String>,
 }
 
+/// A billing period, `[start, end)`.
+pub type Period = (DateTime<Utc>, DateTime<Utc>);
+
+/// A payment, succeeded or not (`tally.apply_payment`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub customer: Customer,
+    /// Active for a payment that succeeded; past_due or action_required.
+    pub status: TenantStatus,
+    /// Why it was billed: Stripe's `billing_reason`, Paddle's `origin`.
+    pub reason: Option<String>,
+    pub subscription_id: Option<String>,
+    /// The subscription period it pays for.
+    pub period: Option<Period>,
+}
+
+/// A subscription created, changed or canceled (`tally.apply_subscription`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
     pub customer: Customer,
     pub id: String,
     /// The status the tenant takes from the subscription.
     pub status: TenantStatus,
-    pub price_id: Option<String>,
-    pub period: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Every item's price id, in the event's order.
+    pub price_ids: Vec<String>,
+    pub period: Option<Period>,
 }
 
-/// What an event asks of tally.
+/// What an event asks of tally, independent of the provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Reset usage, status active.
-    PaymentSucceeded(Customer),
-    /// Plan from the price, new period, status (canceled: the default plan).
-    SubscriptionChanged(Subscription),
-    /// Status past_due.
-    PaymentFailed(Customer),
-    /// Status action_required.
-    ActionRequired(Customer),
-    /// Link the customer (and subscription) to the tenant the checkout named.
-    CheckoutCompleted {
-        tenant_id: String,
+    Payment(Payment),
+    Subscription(Subscription),
+    /// Link the customer (and subscription) to the tenant the checkout's
+    /// reference names (`tally.apply_checkout`).
+    Checkout {
+        reference: String,
         customer_id: String,
         subscription_id: Option<String>,
     },
@@ -90,6 +105,30 @@ fn rfc3339(value: Option<&str>) -> Option<DateTime<Utc>> {
         .map(|at| at.with_timezone(&Utc))
 }
 
+/// A Stripe field that holds an id, or the object when expanded.
+fn id_of<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
+    text(object, &format!("/{field}")).or_else(|| text(object, &format!("/{field}/id")))
+}
+
+/// The subscription period a Stripe invoice pays for: its lines' `period`
+/// (the invoice's own `period_start`/`period_end` cover the usage billed in
+/// arrears, the previous period on a renewal). Metered lines carry the
+/// previous period too, so the latest-starting line period is the new one;
+/// one-off items (an empty period) do not count.
+fn stripe_invoice_period(invoice: &Value) -> Option<Period> {
+    invoice
+        .pointer("/lines/data")
+        .and_then(Value::as_array)?
+        .iter()
+        .filter_map(|line| {
+            let start = line.pointer("/period/start").and_then(Value::as_i64)?;
+            let end = line.pointer("/period/end").and_then(Value::as_i64)?;
+            (end > start).then_some((start, end))
+        })
+        .max()
+        .and_then(|(start, end)| unix(Some(start)).zip(unix(Some(end))))
+}
+
 /// A body as JSON, to be read by [`stripe_event`] or [`paddle_event`].
 pub fn json(body: &[u8]) -> Result<Value, ParseError> {
     serde_json::from_slice(body).map_err(|error| ParseError::NotJson(error.to_string()))
@@ -106,18 +145,38 @@ pub fn stripe_event(event: &Value) -> Result<Event, ParseError> {
         .ok_or(ParseError::Missing("data.object"))?;
     // `customer` is an id, or the customer object when expanded.
     let customer = || -> Result<Customer, ParseError> {
-        let id = text(object, "/customer").or_else(|| text(object, "/customer/id"));
         Ok(Customer {
-            id: id
+            id: id_of(object, "customer")
                 .ok_or(ParseError::Missing("data.object.customer"))?
                 .to_string(),
-            tenant_hint: text(object, "/metadata/tenant_id").map(str::to_string),
+            reference: text(object, "/metadata/tenant_id").map(str::to_string),
         })
     };
+    let payment = |status| -> Result<Effect, ParseError> {
+        Ok(Effect::Payment(Payment {
+            customer: customer()?,
+            status,
+            reason: text(object, "/billing_reason").map(str::to_string),
+            // Since API version 2025-03-31 an invoice names its
+            // subscription under `parent`.
+            subscription_id: id_of(object, "subscription")
+                .or_else(|| text(object, "/parent/subscription_details/subscription"))
+                .map(str::to_string),
+            period: stripe_invoice_period(object),
+        }))
+    };
     let effect = match kind.as_str() {
-        "invoice.paid" | "invoice.payment_succeeded" => Effect::PaymentSucceeded(customer()?),
-        "invoice.payment_failed" | "charge.failed" => Effect::PaymentFailed(customer()?),
-        "invoice.payment_action_required" => Effect::ActionRequired(customer()?),
+        "invoice.paid" | "invoice.payment_succeeded" => payment(TenantStatus::Active)?,
+        "invoice.payment_failed" => payment(TenantStatus::PastDue)?,
+        "invoice.payment_action_required" => payment(TenantStatus::ActionRequired)?,
+        // A charge names no subscription and no period.
+        "charge.failed" => Effect::Payment(Payment {
+            customer: customer()?,
+            status: TenantStatus::PastDue,
+            reason: None,
+            subscription_id: None,
+            period: None,
+        }),
         "customer.subscription.created"
         | "customer.subscription.updated"
         | "customer.subscription.deleted" => {
@@ -132,36 +191,49 @@ pub fn stripe_event(event: &Value) -> Result<Event, ParseError> {
                     _ => return Err(ParseError::Invalid("data.object.status")),
                 }
             };
+            let items: &[Value] = object
+                .pointer("/items/data")
+                .and_then(Value::as_array)
+                .map_or(&[], Vec::as_slice);
             // The period moved from the subscription to its items in API
             // version 2025-03-31; read either.
-            let item = object.pointer("/items/data/0");
             let seconds = |field: &str| {
-                object
-                    .get(field)
-                    .and_then(Value::as_i64)
-                    .or_else(|| item?.get(field)?.as_i64())
+                object.get(field).and_then(Value::as_i64).or_else(|| {
+                    items
+                        .iter()
+                        .find_map(|item| item.get(field).and_then(Value::as_i64))
+                })
             };
             let period =
                 unix(seconds("current_period_start")).zip(unix(seconds("current_period_end")));
-            Effect::SubscriptionChanged(Subscription {
+            // Each item's price; endpoints pinned to API versions before
+            // 2020-08-27 send `plan` instead.
+            let price_ids = items
+                .iter()
+                .filter_map(|item| id_of(item, "price").or_else(|| id_of(item, "plan")))
+                .map(str::to_string)
+                .collect();
+            Effect::Subscription(Subscription {
                 customer: customer()?,
                 id: required(object, "/id", "data.object.id")?,
                 status,
-                price_id: item
-                    .and_then(|item| text(item, "/price/id"))
-                    .map(str::to_string),
+                price_ids,
                 period,
             })
         }
-        "checkout.session.completed" => match text(object, "/client_reference_id") {
-            Some(tenant_id) => Effect::CheckoutCompleted {
-                tenant_id: tenant_id.to_string(),
-                customer_id: customer()?.id,
-                subscription_id: text(object, "/subscription").map(str::to_string),
-            },
-            // A checkout tally did not start: nothing to link.
-            None => Effect::Ignored,
-        },
+        "checkout.session.completed" => {
+            let reference = text(object, "/client_reference_id")
+                .or_else(|| text(object, "/metadata/tenant_id"));
+            match reference {
+                Some(reference) => Effect::Checkout {
+                    reference: reference.to_string(),
+                    customer_id: customer()?.id,
+                    subscription_id: id_of(object, "subscription").map(str::to_string),
+                },
+                // A checkout that names no tenant: nothing to link.
+                None => Effect::Ignored,
+            }
+        }
         _ => Effect::Ignored,
     };
     Ok(Event {
@@ -183,12 +255,25 @@ pub fn paddle_event(event: &Value) -> Result<Event, ParseError> {
     let customer = || -> Result<Customer, ParseError> {
         Ok(Customer {
             id: required(data, "/customer_id", "data.customer_id")?,
-            tenant_hint: text(data, "/custom_data/tenant_id").map(str::to_string),
+            reference: text(data, "/custom_data/tenant_id").map(str::to_string),
         })
     };
+    let period = |field: &str| {
+        rfc3339(text(data, &format!("/{field}/starts_at")))
+            .zip(rfc3339(text(data, &format!("/{field}/ends_at"))))
+    };
+    let payment = |status| -> Result<Effect, ParseError> {
+        Ok(Effect::Payment(Payment {
+            customer: customer()?,
+            status,
+            reason: text(data, "/origin").map(str::to_string),
+            subscription_id: text(data, "/subscription_id").map(str::to_string),
+            period: period("billing_period"),
+        }))
+    };
     let effect = match kind.as_str() {
-        "transaction.completed" | "transaction.paid" => Effect::PaymentSucceeded(customer()?),
-        "transaction.payment_failed" | "transaction.past_due" => Effect::PaymentFailed(customer()?),
+        "transaction.completed" | "transaction.paid" => payment(TenantStatus::Active)?,
+        "transaction.payment_failed" | "transaction.past_due" => payment(TenantStatus::PastDue)?,
         kind if kind.starts_with("subscription.") => {
             let status = match text(data, "/status").ok_or(ParseError::Missing("data.status"))? {
                 "active" | "trialing" => TenantStatus::Active,
@@ -196,14 +281,20 @@ pub fn paddle_event(event: &Value) -> Result<Event, ParseError> {
                 "canceled" => TenantStatus::Canceled,
                 _ => return Err(ParseError::Invalid("data.status")),
             };
-            let period = rfc3339(text(data, "/current_billing_period/starts_at"))
-                .zip(rfc3339(text(data, "/current_billing_period/ends_at")));
-            Effect::SubscriptionChanged(Subscription {
+            let price_ids = data
+                .get("items")
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .filter_map(|item| text(item, "/price/id").or_else(|| text(item, "/price_id")))
+                .map(str::to_string)
+                .collect();
+            Effect::Subscription(Subscription {
                 customer: customer()?,
                 id: required(data, "/id", "data.id")?,
                 status,
-                price_id: text(data, "/items/0/price/id").map(str::to_string),
-                period,
+                price_ids,
+                period: period("current_billing_period"),
             })
         }
         _ => Effect::Ignored,
@@ -264,54 +355,109 @@ mod tests {
     fn customer(id: &str) -> Customer {
         Customer {
             id: id.into(),
-            tenant_hint: None,
+            reference: None,
+        }
+    }
+
+    fn payment(event: Event) -> Payment {
+        match event.effect {
+            Effect::Payment(payment) => payment,
+            other => panic!("not a payment: {other:?}"),
+        }
+    }
+
+    fn subscription(event: Event) -> Subscription {
+        match event.effect {
+            Effect::Subscription(sub) => sub,
+            other => panic!("not a subscription: {other:?}"),
         }
     }
 
     #[test]
-    fn stripe_payments_name_their_customer() {
+    fn stripe_payments_name_their_customer_reason_subscription_and_period() {
         let event = stripe("invoice.paid", json!({"customer": "cus_1"})).unwrap();
         assert_eq!(
             (event.id.as_str(), event.occurred_at.timestamp()),
             ("evt_1", 1_700_000_000)
         );
-        assert_eq!(event.effect, Effect::PaymentSucceeded(customer("cus_1")));
-        let expanded = stripe(
-            "charge.failed",
-            json!({"customer": {"id": "cus_2", "object": "customer"}}),
-        )
-        .unwrap();
-        assert_eq!(expanded.effect, Effect::PaymentFailed(customer("cus_2")));
         assert_eq!(
+            payment(event),
+            Payment {
+                customer: customer("cus_1"),
+                status: TenantStatus::Active,
+                reason: None,
+                subscription_id: None,
+                period: None
+            }
+        );
+        let expanded = payment(
             stripe(
-                "invoice.payment_action_required",
-                json!({"customer": "cus_3"})
+                "charge.failed",
+                json!({"customer": {"id": "cus_2", "object": "customer"}}),
             )
-            .unwrap()
-            .effect,
-            Effect::ActionRequired(customer("cus_3"))
+            .unwrap(),
+        );
+        assert_eq!(
+            (expanded.customer, expanded.status),
+            (customer("cus_2"), TenantStatus::PastDue)
+        );
+        assert_eq!(
+            payment(
+                stripe(
+                    "invoice.payment_action_required",
+                    json!({"customer": "cus_3"})
+                )
+                .unwrap()
+            )
+            .status,
+            TenantStatus::ActionRequired
         );
         assert_eq!(
             stripe("invoice.paid", json!({})),
             Err(ParseError::Missing("data.object.customer"))
         );
+        // A renewal (API 2025-03-31): subscription under parent, the new
+        // period on the licensed line, the previous one on the metered line
+        // and on the invoice itself, and a one-off item with no period.
+        let renewal = payment(
+            stripe(
+                "invoice.payment_succeeded",
+                json!({"customer": "cus_1", "billing_reason": "subscription_cycle",
+                       "period_start": 100, "period_end": 200,
+                       "parent": {"subscription_details": {"subscription": "sub_1"}},
+                       "lines": {"data": [{"period": {"start": 100, "end": 200}},
+                                          {"period": {"start": 200, "end": 300}},
+                                          {"period": {"start": 250, "end": 250}}]}}),
+            )
+            .unwrap(),
+        );
+        assert_eq!(renewal.reason.as_deref(), Some("subscription_cycle"));
+        assert_eq!(renewal.subscription_id.as_deref(), Some("sub_1"));
+        let (start, end) = renewal.period.unwrap();
+        assert_eq!((start.timestamp(), end.timestamp()), (200, 300));
+        // Older API versions name the subscription on the invoice.
+        let older = payment(
+            stripe(
+                "invoice.payment_failed",
+                json!({"customer": "cus_1", "subscription": "sub_2"}),
+            )
+            .unwrap(),
+        );
+        assert_eq!(older.subscription_id.as_deref(), Some("sub_2"));
     }
 
     #[test]
-    fn stripe_subscriptions_carry_plan_period_and_status() {
+    fn stripe_subscriptions_carry_every_price_period_and_status() {
         let object = json!({
             "id": "sub_1", "customer": "cus_1", "status": "active", "metadata": {"tenant_id": "acme"},
-            "items": {"data": [{"price": {"id": "price_pro"}, "current_period_start": 1_700_000_000, "current_period_end": 1_702_592_000}]}
+            "items": {"data": [
+                {"price": {"id": "price_metered"}},
+                {"price": {"id": "price_pro"}, "current_period_start": 1_700_000_000, "current_period_end": 1_702_592_000}]}
         });
-        let Effect::SubscriptionChanged(sub) = stripe("customer.subscription.updated", object)
-            .unwrap()
-            .effect
-        else {
-            panic!("not a subscription change");
-        };
+        let sub = subscription(stripe("customer.subscription.updated", object).unwrap());
         assert_eq!(sub.id, "sub_1");
-        assert_eq!(sub.customer.tenant_hint.as_deref(), Some("acme"));
-        assert_eq!(sub.price_id.as_deref(), Some("price_pro"));
+        assert_eq!(sub.customer.reference.as_deref(), Some("acme"));
+        assert_eq!(sub.price_ids, ["price_metered", "price_pro"]);
         assert_eq!(sub.status, TenantStatus::Active);
         let (start, end) = sub.period.unwrap();
         assert_eq!(
@@ -319,32 +465,25 @@ mod tests {
             (1_700_000_000, 1_702_592_000)
         );
 
-        // Older API versions keep the period on the subscription itself.
+        // Older API versions keep the period on the subscription itself,
+        // and before 2020-08-27 the item names a plan.
         let older = json!({"id": "sub_1", "customer": "cus_1", "status": "past_due",
-                           "current_period_start": 1, "current_period_end": 2, "items": {"data": []}});
-        let Effect::SubscriptionChanged(sub) = stripe("customer.subscription.created", older)
-            .unwrap()
-            .effect
-        else {
-            panic!("not a subscription change");
-        };
+                           "current_period_start": 1, "current_period_end": 2,
+                           "items": {"data": [{"plan": {"id": "plan_pro"}}]}});
+        let sub = subscription(stripe("customer.subscription.created", older).unwrap());
         assert_eq!(
             (
                 sub.status,
-                sub.price_id,
+                sub.price_ids,
                 sub.period.map(|p| p.1.timestamp())
             ),
-            (TenantStatus::PastDue, None, Some(2))
+            (TenantStatus::PastDue, vec!["plan_pro".to_string()], Some(2))
         );
 
         let deleted = json!({"id": "sub_1", "customer": "cus_1", "status": "active"});
-        let Effect::SubscriptionChanged(sub) = stripe("customer.subscription.deleted", deleted)
-            .unwrap()
-            .effect
-        else {
-            panic!("not a subscription change");
-        };
+        let sub = subscription(stripe("customer.subscription.deleted", deleted).unwrap());
         assert_eq!(sub.status, TenantStatus::Canceled);
+        assert!(sub.price_ids.is_empty());
     }
 
     #[test]
@@ -356,11 +495,19 @@ mod tests {
         .unwrap();
         assert_eq!(
             linked.effect,
-            Effect::CheckoutCompleted {
-                tenant_id: "acme".into(),
+            Effect::Checkout {
+                reference: "acme".into(),
                 customer_id: "cus_1".into(),
                 subscription_id: Some("sub_1".into())
             }
+        );
+        let by_metadata = stripe(
+            "checkout.session.completed",
+            json!({"metadata": {"tenant_id": "acme"}, "customer": "cus_1"}),
+        )
+        .unwrap();
+        assert!(
+            matches!(by_metadata.effect, Effect::Checkout { reference, .. } if reference == "acme")
         );
         let anonymous = stripe("checkout.session.completed", json!({"customer": "cus_1"})).unwrap();
         assert_eq!(anonymous.effect, Effect::Ignored);
@@ -396,38 +543,48 @@ mod tests {
     fn paddle_events_read_the_same_way() {
         let paid = paddle(
             "transaction.completed",
-            json!({"customer_id": "ctm_1", "custom_data": {"tenant_id": "acme"}}),
+            json!({"customer_id": "ctm_1", "custom_data": {"tenant_id": "acme"}, "origin": "subscription_recurring",
+                   "subscription_id": "sub_01",
+                   "billing_period": {"starts_at": "2024-04-01T00:00:00Z", "ends_at": "2024-05-01T00:00:00Z"}}),
         )
         .unwrap();
         assert_eq!(paid.occurred_at.timestamp(), 1_712_917_129);
+        let paid = payment(paid);
         assert_eq!(
-            paid.effect,
-            Effect::PaymentSucceeded(Customer {
+            paid.customer,
+            Customer {
                 id: "ctm_1".into(),
-                tenant_hint: Some("acme".into())
-            })
+                reference: Some("acme".into())
+            }
         );
-
-        let data = json!({"id": "sub_01", "customer_id": "ctm_1", "status": "canceled", "items": [{"price": {"id": "pri_1"}}],
-                          "current_billing_period": {"starts_at": "2024-04-01T00:00:00Z", "ends_at": "2024-05-01T00:00:00Z"}});
-        let Effect::SubscriptionChanged(sub) =
-            paddle("subscription.canceled", data).unwrap().effect
-        else {
-            panic!("not a subscription change");
-        };
         assert_eq!(
-            (sub.status, sub.price_id.as_deref()),
-            (TenantStatus::Canceled, Some("pri_1"))
+            (paid.reason.as_deref(), paid.subscription_id.as_deref()),
+            (Some("subscription_recurring"), Some("sub_01"))
+        );
+        assert_eq!(paid.period.unwrap().0.timestamp(), 1_711_929_600);
+
+        let data = json!({"id": "sub_01", "customer_id": "ctm_1", "status": "canceled",
+                          "items": [{"price": {"id": "pri_meter"}}, {"price": {"id": "pri_1"}}],
+                          "current_billing_period": {"starts_at": "2024-04-01T00:00:00Z", "ends_at": "2024-05-01T00:00:00Z"}});
+        let sub = subscription(paddle("subscription.canceled", data).unwrap());
+        assert_eq!(
+            (sub.status, sub.price_ids),
+            (
+                TenantStatus::Canceled,
+                vec!["pri_meter".into(), "pri_1".into()]
+            )
         );
         assert!(sub.period.is_some());
         assert_eq!(
-            paddle(
-                "transaction.payment_failed",
-                json!({"customer_id": "ctm_1"})
+            payment(
+                paddle(
+                    "transaction.payment_failed",
+                    json!({"customer_id": "ctm_1"})
+                )
+                .unwrap()
             )
-            .unwrap()
-            .effect,
-            Effect::PaymentFailed(customer("ctm_1"))
+            .status,
+            TenantStatus::PastDue
         );
         assert_eq!(
             paddle("adjustment.created", json!({})).unwrap().effect,

@@ -36,6 +36,9 @@ pub struct Config {
     /// Run even if the database role is a superuser (it should be a role
     /// granted `tally_daemon`).
     pub allow_superuser: bool,
+    /// Which checkout references webhooks trust, and how long events for
+    /// unlinked customers are retried.
+    pub billing: db::events::BillingConfig,
     /// The usage-report worker, if this server runs one.
     pub worker: Option<(worker::stripe::MeterClient, worker::WorkerConfig)>,
 }
@@ -48,6 +51,7 @@ impl std::fmt::Debug for Config {
             .field("paddle_webhook_secrets", &self.paddle_webhook_secrets)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("allow_superuser", &self.allow_superuser)
+            .field("billing", &self.billing)
             .field("worker", &self.worker)
             .finish_non_exhaustive()
     }
@@ -70,6 +74,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         stripe_secrets: config.stripe_webhook_secrets,
         paddle_secrets: config.paddle_webhook_secrets,
         metrics: metrics.clone(),
+        billing: config.billing,
     };
     let worker = config.worker.map(|(client, worker_config)| {
         tokio::spawn(worker::run(

@@ -26,7 +26,8 @@ pub struct RouteLabels {
 pub struct WebhookLabels {
     pub provider: String,
     pub r#type: String,
-    /// processed, duplicate, ignored, deferred or rejected.
+    /// processed, duplicate, ignored, stale, conflict, unlinked, deferred or
+    /// rejected.
     pub outcome: String,
 }
 

@@ -36,6 +36,22 @@ impl Server {
         Server::start_full(db, stripe_secrets, paddle_secrets, None).await
     }
 
+    /// tallyd with its webhooks configured by `billing` (which checkout
+    /// references it trusts, how long unlinked events are retried).
+    pub async fn start_with_billing(
+        db: &TestDb,
+        billing: tallyd::db::events::BillingConfig,
+    ) -> Server {
+        Server::start_inner(
+            db,
+            &format!("whsec_test_previous,{STRIPE_SECRET}"),
+            PADDLE_SECRET,
+            None,
+            billing,
+        )
+        .await
+    }
+
     /// tallyd with its usage-report worker sending to `stripe_api_base`.
     pub async fn start_with_worker(db: &TestDb, stripe_api_base: &str, stripe_key: &str) -> Server {
         let client = tallyd::worker::stripe::MeterClient::new(
@@ -60,6 +76,26 @@ impl Server {
             tallyd::worker::WorkerConfig,
         )>,
     ) -> Server {
+        Server::start_inner(
+            db,
+            stripe_secrets,
+            paddle_secrets,
+            worker,
+            Default::default(),
+        )
+        .await
+    }
+
+    async fn start_inner(
+        db: &TestDb,
+        stripe_secrets: &str,
+        paddle_secrets: &str,
+        worker: Option<(
+            tallyd::worker::stripe::MeterClient,
+            tallyd::worker::WorkerConfig,
+        )>,
+        billing: tallyd::db::events::BillingConfig,
+    ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let config = tallyd::Config {
@@ -69,6 +105,7 @@ impl Server {
             paddle_webhook_secrets: tallyd::signature::Secrets::parse(paddle_secrets),
             max_body_bytes: 64 * 1024,
             allow_superuser: false,
+            billing,
             worker,
         };
         let shutdown = CancellationToken::new();

@@ -32,6 +32,14 @@ fn stripe_subscription(price: &str, status: &str, start: i64, end: i64) -> Value
            "items": {"data": [{"price": {"id": price}, "current_period_start": start, "current_period_end": end}]}})
 }
 
+/// A paid renewal invoice of acme's `sub_1` for the period starting at
+/// `start` (a renewal resets usage only for a newer period).
+fn renewal(start: i64) -> Value {
+    json!({"object": "invoice", "customer": "cus_acme", "subscription": "sub_1",
+           "billing_reason": "subscription_cycle",
+           "lines": {"data": [{"period": {"start": start, "end": start + 30 * 86_400}}]}})
+}
+
 /// (plan, status, messages used, stripe customer) of acme.
 async fn acme(client: &tokio_postgres::Client) -> (String, String, i64, Option<String>) {
     let row = client
@@ -95,13 +103,13 @@ async fn stripe_events_drive_each_effect() {
         assert_eq!(acme(&client).await.1, status, "{kind}");
     }
 
-    // Payment succeeded: usage reset, status active.
+    // A renewal paid: the new period, usage reset, status active.
     server
         .stripe(&stripe_event(
             "evt_paid",
             "invoice.paid",
             now(),
-            json!({"customer": "cus_acme"}),
+            renewal(now() - 2 * 86_400),
         ))
         .await;
     assert_eq!(
@@ -110,14 +118,6 @@ async fn stripe_events_drive_each_effect() {
     );
 
     // Subscription updated: plan from the price, the new period, usage reset.
-    server
-        .stripe(&stripe_event(
-            "evt_paid_2",
-            "invoice.paid",
-            now(),
-            json!({"customer": "cus_acme"}),
-        ))
-        .await;
     client
         .execute(
             "SELECT tally.check_and_increment_usage('acme', 'messages', 30)",
@@ -190,7 +190,9 @@ async fn paddle_events_drive_each_effect() {
     let paid = event(
         "evt_01",
         "transaction.completed",
-        json!({"id": "txn_1", "status": "completed", "customer_id": "ctm_acme", "custom_data": {"tenant_id": "acme"}}),
+        json!({"id": "txn_1", "status": "completed", "origin": "subscription_recurring",
+               "customer_id": "ctm_acme", "custom_data": {"tenant_id": "acme"},
+               "billing_period": {"starts_at": "2029-12-01T00:00:00Z", "ends_at": "2030-01-01T00:00:00Z"}}),
     );
     assert_eq!(server.paddle(&paid).await.status(), 200);
     let row = client
@@ -240,7 +242,7 @@ async fn a_signature_made_by_stripes_own_library_is_accepted() {
         "evt_signed_by_stripe",
         "invoice.paid",
         now(),
-        json!({"customer": "cus_acme"}),
+        renewal(now()),
     )
     .to_string();
     let header = std::process::Command::new(python)
@@ -400,12 +402,7 @@ async fn a_thousand_concurrent_deliveries_of_one_event_take_effect_once() {
     let (db, client) = setup().await;
     let server = std::sync::Arc::new(Server::start(&db).await);
     link_acme(&server).await;
-    let event = stripe_event(
-        "evt_storm",
-        "invoice.paid",
-        now(),
-        json!({"customer": "cus_acme"}),
-    );
+    let event = stripe_event("evt_storm", "invoice.paid", now(), renewal(now()));
     let deliveries: Vec<_> = (0..1_000)
         .map(|_| {
             let (server, event) = (server.clone(), event.clone());
@@ -457,7 +454,7 @@ async fn subscription_events_out_of_order_change_nothing() {
         "processed"
     );
     let late = server.stripe(&older).await.json::<Value>().await.unwrap();
-    assert_eq!(late["status"], "ignored");
+    assert_eq!(late["status"], "stale");
     let (plan, status, ..) = acme(&client).await;
     assert_eq!((plan.as_str(), status.as_str()), ("growth", "active"));
     server.stop().await;
@@ -467,12 +464,7 @@ async fn subscription_events_out_of_order_change_nothing() {
 async fn an_event_for_an_unlinked_customer_waits_for_the_link() {
     let (db, client) = setup().await;
     let server = Server::start(&db).await;
-    let paid = stripe_event(
-        "evt_early",
-        "invoice.paid",
-        now(),
-        json!({"customer": "cus_acme"}),
-    );
+    let paid = stripe_event("evt_early", "invoice.paid", now(), renewal(now()));
     let early = server.stripe(&paid).await;
     assert_eq!(early.status(), 503);
     assert!(early.headers().contains_key("retry-after"));

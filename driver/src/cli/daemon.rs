@@ -12,11 +12,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::format::{parse_span, Span};
 use super::secrets;
+use crate::db::events::BillingConfig;
 use crate::signature::Secrets;
 use crate::telemetry::{self, LogFormat};
 use crate::worker::stripe::MeterClient;
 use crate::worker::WorkerConfig;
 use crate::Config;
+
+/// Which checkout references tallyd trusts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckoutReferences {
+    Any,
+    Signed,
+}
 
 #[derive(Debug, Args)]
 #[command(after_help = secrets::SERVE_HELP)]
@@ -36,6 +44,22 @@ pub struct ServeArgs {
     /// Do not run the usage-report worker in this process.
     #[arg(long)]
     pub no_worker: bool,
+    /// Which tenant references in checkouts link a customer: `any` (a bare
+    /// tenant id or a signed reference; either links only a tenant that has
+    /// no customer yet) or `signed` (only references from
+    /// tally.checkout_reference).
+    #[arg(
+        long,
+        env = "TALLY_CHECKOUT_REFERENCES",
+        value_enum,
+        default_value = "any"
+    )]
+    pub checkout_references: CheckoutReferences,
+    /// How long an event for a customer not linked to any tenant is answered
+    /// 503 (so the provider retries it), counted from when it happened;
+    /// after, it is acknowledged and recorded as unlinked. 72h, 30m, …
+    #[arg(long, env = "TALLY_UNLINKED_RETRY_WINDOW", default_value = "72h", value_parser = parse_span)]
+    pub unlinked_retry_window: Span,
     /// Run even when the database role is a superuser (tallyd needs only a
     /// role granted tally_daemon); logs a warning.
     #[arg(long, env = "TALLY_ALLOW_SUPERUSER", value_parser = BoolishValueParser::new())]
@@ -129,6 +153,10 @@ pub(super) async fn serve(url: &str, args: ServeArgs) -> Result<()> {
         paddle_webhook_secrets: secret(secrets::PADDLE_WEBHOOK_SECRET)?,
         max_body_bytes: args.max_body_bytes,
         allow_superuser: args.allow_superuser,
+        billing: BillingConfig {
+            trust_unsigned_references: args.checkout_references == CheckoutReferences::Any,
+            unlinked_retry_window: args.unlinked_retry_window.0,
+        },
         worker: if args.no_worker {
             None
         } else {

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod daemon;
 mod format;
+mod links;
 mod operator;
 mod reports;
 mod secrets;
@@ -61,6 +62,10 @@ pub enum Command {
     /// Tenant API keys.
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
+    /// Tenant links webhooks asked for: refused links and events of
+    /// customers never linked.
+    #[command(subcommand)]
+    Links(LinksCommand),
     /// Forget old provider events, idempotency keys and completed usage reports.
     Cleanup {
         /// Age past which to forget them: 30d, 12h, 90m, …
@@ -79,6 +84,16 @@ pub enum ReportsCommand {
         #[arg(long, conflicts_with = "ids")]
         all_failed: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LinksCommand {
+    /// Links a webhook asked for and tally refused (a webhook never
+    /// replaces a link), newest first.
+    Conflicts,
+    /// Events acknowledged without effect because their customer was never
+    /// linked to a tenant within the retry window, newest first.
+    Unlinked,
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +163,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::ApiKey(ApiKeyCommand::Revoke { key_id }) => {
             operator::revoke_api_key(url, &key_id).await
         }
+        Command::Links(LinksCommand::Conflicts) => links::conflicts(url).await,
+        Command::Links(LinksCommand::Unlinked) => links::unlinked(url).await,
         Command::Cleanup { older_than } => operator::cleanup(url, &older_than).await,
     }
 }

@@ -174,7 +174,28 @@ pub(super) async fn revoke_api_key(url: &str, key_id: &str) -> Result<()> {
 /// `tallyd cleanup [--older-than <age>]`.
 pub(super) async fn cleanup(url: &str, older_than: &str) -> Result<()> {
     let mut client = db::connect(url).await?;
-    let cleaned = admin::cleanup(&mut client, older_than).await?;
+    let cleaned = admin::cleanup(&mut client, older_than)
+        .await
+        .map_err(|error| {
+            // The database's refusal (say, too short an age) as it says it.
+            let refusal = error
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(|error| error.as_db_error())
+                .map(|db| {
+                    let mut text = db.message().to_string();
+                    if let Some(detail) = db.detail() {
+                        text += &format!(" ({detail})");
+                    }
+                    if let Some(hint) = db.hint() {
+                        text += &format!(": {hint}");
+                    }
+                    text
+                });
+            match refusal {
+                Some(text) => anyhow!("cleanup refused: {text}"),
+                None => error,
+            }
+        })?;
     let rows = vec![
         vec![
             "provider events".to_string(),

@@ -275,3 +275,39 @@ pub async fn cleanup(client: &mut Client, older_than: &str) -> Result<Cleaned> {
         usage_reports: row.get(2),
     })
 }
+
+/// Rows for `tallyd links conflicts` / `tallyd links unlinked`: each a line
+/// of text cells, newest first, at most `limit`.
+pub async fn link_conflicts(client: &Client, limit: i64) -> Result<Vec<Vec<String>>> {
+    let rows = client
+        .query(
+            "SELECT to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), provider, event_id,
+                    customer_id, coalesce(subscription_id, '-'), coalesce(named_tenant, '-'),
+                    coalesce(existing_tenant, '-'), coalesce(existing_customer, '-'), reason
+               FROM tally.link_conflicts ORDER BY id DESC LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| (0..9).map(|i| row.get::<_, String>(i)).collect())
+        .collect())
+}
+
+/// Events acknowledged because their customer was never linked to a tenant.
+pub async fn unlinked_events(client: &Client, limit: i64) -> Result<Vec<Vec<String>>> {
+    let rows = client
+        .query(
+            "SELECT to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), provider, event_id,
+                    coalesce(event_type, '-'),
+                    coalesce(payload #>> '{data,object,customer}', payload #>> '{data,customer_id}', '-')
+               FROM tally.provider_events WHERE outcome = 'not_linked'
+              ORDER BY received_at DESC LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| (0..5).map(|i| row.get::<_, String>(i)).collect())
+        .collect())
+}

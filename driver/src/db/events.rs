@@ -1,31 +1,94 @@
 //! Provider events, applied in ONE transaction: the event lock first, then
-//! the effect. A duplicate finds the lock taken and changes nothing; an
-//! effect that fails rolls the lock back with it, so the provider's retry is
-//! processed.
+//! the effect, by the one extension function for it (`tally.apply_payment`,
+//! `tally.apply_subscription`, `tally.apply_checkout`), which decides and
+//! records what became of the event. A duplicate finds the lock taken and
+//! changes nothing; an effect that fails rolls the lock back with it, so
+//! the provider's retry is processed.
 
-use deadpool_postgres::Transaction;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tally_rules::{Provider, TenantStatus};
+use tally_rules::billing;
 
-use super::{execute, query_one, query_opt, Client, Error};
-use crate::events::{Customer, Effect, Event, Subscription};
+use super::{query_one, Client, Error};
+use crate::events::{Effect, Event, Period};
+
+/// How tallyd applies events: which tenant references it trusts, and how
+/// long an event for a customer not linked to any tenant is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BillingConfig {
+    /// Trust a bare tenant id in a checkout (it still never replaces a
+    /// link). Off: only references signed by `tally.checkout_reference`.
+    pub trust_unsigned_references: bool,
+    /// Answer "retry later" to an event for an unlinked customer while it is
+    /// younger than this (by when it happened); after, acknowledge it and
+    /// record it as unlinked.
+    pub unlinked_retry_window: Duration,
+}
+
+impl Default for BillingConfig {
+    fn default() -> BillingConfig {
+        BillingConfig {
+            trust_unsigned_references: true,
+            unlinked_retry_window: Duration::from_secs(
+                billing::UNLINKED_RETRY_WINDOW_SECONDS as u64,
+            ),
+        }
+    }
+}
 
 /// What became of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Its effect was applied to this tenant.
-    Processed { tenant_id: String },
+    /// Its effect was applied.
+    Processed,
     /// Seen before: nothing changed.
     Duplicate,
-    /// Recorded, no effect: an unknown type, or a subscription event older
-    /// than the last one applied.
-    Ignored { why: &'static str },
+    /// Recorded, no effect: an unknown type, another subscription than the
+    /// tenant's, a payment that is not a renewal.
+    Ignored,
+    /// Recorded, no effect: older than what the tenant has.
+    Stale,
+    /// Recorded, no effect: a link it asked for was refused
+    /// (`tally.link_conflicts`).
+    Conflict,
+    /// Recorded, no effect: its customer was never linked to a tenant within
+    /// the retry window.
+    Unlinked,
     /// Cannot be applied yet (its customer is not linked to a tenant): not
     /// recorded, so the provider's retry is processed once it can be.
     Deferred { why: String },
 }
 
-pub async fn apply(client: &mut Client, event: &Event, payload: &Value) -> Result<Outcome, Error> {
+impl Outcome {
+    /// The label in metrics and logs, and the `status` answered.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Processed => "processed",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Ignored => "ignored",
+            Outcome::Stale => "stale",
+            Outcome::Conflict => "conflict",
+            Outcome::Unlinked => "unlinked",
+            Outcome::Deferred { .. } => "deferred",
+        }
+    }
+}
+
+fn period_bounds(period: Option<Period>) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    match period {
+        Some((start, end)) => (Some(start), Some(end)),
+        None => (None, None),
+    }
+}
+
+pub async fn apply(
+    client: &mut Client,
+    event: &Event,
+    payload: &Value,
+    config: &BillingConfig,
+) -> Result<Outcome, Error> {
     let transaction = client.transaction().await?;
     let provider = event.provider.as_str();
     let locked: bool = query_one(
@@ -39,7 +102,86 @@ pub async fn apply(client: &mut Client, event: &Event, payload: &Value) -> Resul
         transaction.rollback().await?;
         return Ok(Outcome::Duplicate);
     }
-    let outcome = effect(&transaction, event).await?;
+    let trust = config.trust_unsigned_references;
+    let (result, customer) = match &event.effect {
+        Effect::Ignored => {
+            transaction.commit().await?;
+            return Ok(Outcome::Ignored);
+        }
+        Effect::Payment(payment) => {
+            let (start, end) = period_bounds(payment.period);
+            let row = query_one(
+                &transaction,
+                "SELECT tally.apply_payment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[
+                    &provider,
+                    &event.id,
+                    &payment.customer.id,
+                    &payment.status.as_str(),
+                    &payment.reason,
+                    &payment.subscription_id,
+                    &start,
+                    &end,
+                    &payment.customer.reference,
+                    &trust,
+                ],
+            )
+            .await?;
+            (row.get::<_, String>(0), &payment.customer.id)
+        }
+        Effect::Subscription(sub) => {
+            let (start, end) = period_bounds(sub.period);
+            let row = query_one(
+                &transaction,
+                "SELECT tally.apply_subscription($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    &provider,
+                    &event.id,
+                    &sub.customer.id,
+                    &sub.id,
+                    &sub.status.as_str(),
+                    &event.occurred_at,
+                    &sub.price_ids,
+                    &start,
+                    &end,
+                    &sub.customer.reference,
+                    &trust,
+                ],
+            )
+            .await?;
+            (row.get::<_, String>(0), &sub.customer.id)
+        }
+        Effect::Checkout {
+            reference,
+            customer_id,
+            subscription_id,
+        } => {
+            let row = query_one(
+                &transaction,
+                "SELECT tally.apply_checkout($1, $2, $3, $4, $5, $6)",
+                &[
+                    &provider,
+                    &event.id,
+                    customer_id,
+                    reference,
+                    subscription_id,
+                    &trust,
+                ],
+            )
+            .await?;
+            (row.get::<_, String>(0), customer_id)
+        }
+    };
+    let outcome = match result.as_str() {
+        "applied" => Outcome::Processed,
+        "stale" => Outcome::Stale,
+        "conflict" => Outcome::Conflict,
+        "not_linked" if keep_retrying(event.occurred_at, config) => Outcome::Deferred {
+            why: format!("{provider} customer {customer:?} is not linked to a tenant yet"),
+        },
+        "not_linked" => Outcome::Unlinked,
+        _ => Outcome::Ignored,
+    };
     if let Outcome::Deferred { .. } = outcome {
         transaction.rollback().await?;
     } else {
@@ -48,209 +190,11 @@ pub async fn apply(client: &mut Client, event: &Event, payload: &Value) -> Resul
     Ok(outcome)
 }
 
-async fn effect(tx: &Transaction<'_>, event: &Event) -> Result<Outcome, Error> {
-    let provider = event.provider;
-    let (customer, status) = match &event.effect {
-        Effect::Ignored => {
-            return Ok(Outcome::Ignored {
-                why: "no effect for this event type",
-            })
-        }
-        Effect::CheckoutCompleted {
-            tenant_id,
-            customer_id,
-            subscription_id,
-        } => {
-            if !tenant_exists(tx, tenant_id).await? {
-                return Ok(Outcome::Deferred {
-                    why: format!("the checkout names tenant {tenant_id:?}, which does not exist"),
-                });
-            }
-            link(
-                tx,
-                tenant_id,
-                provider,
-                customer_id,
-                subscription_id.as_deref(),
-            )
-            .await?;
-            return Ok(Outcome::Processed {
-                tenant_id: tenant_id.clone(),
-            });
-        }
-        Effect::SubscriptionChanged(subscription) => {
-            return subscription_changed(tx, event, subscription).await;
-        }
-        Effect::PaymentSucceeded(customer) => (customer, TenantStatus::Active),
-        Effect::PaymentFailed(customer) => (customer, TenantStatus::PastDue),
-        Effect::ActionRequired(customer) => (customer, TenantStatus::ActionRequired),
-    };
-    let Some(tenant_id) = tenant_of(tx, provider, customer).await? else {
-        return Ok(not_linked(provider, customer));
-    };
-    if let Effect::PaymentSucceeded(_) = event.effect {
-        execute(tx, "SELECT tally.reset_usage($1)", &[&tenant_id]).await?;
-    }
-    set_status(tx, &tenant_id, status).await?;
-    Ok(Outcome::Processed { tenant_id })
-}
-
-async fn subscription_changed(
-    tx: &Transaction<'_>,
-    event: &Event,
-    sub: &Subscription,
-) -> Result<Outcome, Error> {
-    let provider = event.provider;
-    let Some(tenant_id) = tenant_of(tx, provider, &sub.customer).await? else {
-        return Ok(not_linked(provider, &sub.customer));
-    };
-    let current: bool = query_one(
-        tx,
-        "SELECT tally.accept_subscription_event($1, $2, $3)",
-        &[&tenant_id, &provider.as_str(), &event.occurred_at],
+fn keep_retrying(occurred_at: DateTime<Utc>, config: &BillingConfig) -> bool {
+    let window = i64::try_from(config.unlinked_retry_window.as_micros()).unwrap_or(i64::MAX);
+    billing::keep_retrying_unlinked(
+        occurred_at.timestamp_micros(),
+        Utc::now().timestamp_micros(),
+        window,
     )
-    .await?
-    .get(0);
-    if !current {
-        return Ok(Outcome::Ignored {
-            why: "older than the last subscription event applied",
-        });
-    }
-    link(tx, &tenant_id, provider, &sub.customer.id, Some(&sub.id)).await?;
-    let plan = if sub.status == TenantStatus::Canceled {
-        query_opt(tx, "SELECT plan_id FROM tally.plans WHERE is_default", &[])
-            .await?
-            .map(|row| row.get(0))
-    } else {
-        match &sub.price_id {
-            Some(price) => plan_for_price(tx, provider, price).await?,
-            None => None,
-        }
-    };
-    match plan {
-        Some(plan_id) => {
-            // The provider has already charged for this plan: switch even if
-            // usage is over its limits (further use is refused).
-            execute(
-                tx,
-                "SELECT tally.change_plan(t.tenant_id, $2, force => true) FROM tally.tenants AS t
-                  WHERE t.tenant_id = $1 AND t.plan_id <> $2",
-                &[&tenant_id, &plan_id],
-            )
-            .await?;
-        }
-        None if sub.status != TenantStatus::Canceled => {
-            tracing::warn!(
-                event_id = %event.id,
-                tenant_id = %tenant_id,
-                price_id = sub.price_id.as_deref().unwrap_or(""),
-                "no plan has this subscription's price id: the tenant's plan is left as it is"
-            );
-        }
-        None => {
-            tracing::warn!(event_id = %event.id, tenant_id = %tenant_id, "canceled, but no default plan to move to")
-        }
-    }
-    if let (Some((start, end)), false) = (sub.period, sub.status == TenantStatus::Canceled) {
-        execute(
-            tx,
-            "SELECT tally.start_period($1, $2, $3)",
-            &[&tenant_id, &start, &end],
-        )
-        .await?;
-    }
-    set_status(tx, &tenant_id, sub.status).await?;
-    Ok(Outcome::Processed { tenant_id })
-}
-
-fn not_linked(provider: Provider, customer: &Customer) -> Outcome {
-    Outcome::Deferred {
-        why: format!(
-            "{} customer {:?} is not linked to a tenant yet",
-            provider.as_str(),
-            customer.id
-        ),
-    }
-}
-
-async fn tenant_exists(tx: &Transaction<'_>, tenant_id: &str) -> Result<bool, Error> {
-    Ok(query_opt(
-        tx,
-        "SELECT FROM tally.tenants WHERE tenant_id = $1",
-        &[&tenant_id],
-    )
-    .await?
-    .is_some())
-}
-
-/// The tenant a customer is linked to; or, when the checkout named a tenant
-/// (Stripe `metadata.tenant_id`, Paddle `custom_data.tenant_id`), that
-/// tenant, linked now.
-async fn tenant_of(
-    tx: &Transaction<'_>,
-    provider: Provider,
-    customer: &Customer,
-) -> Result<Option<String>, Error> {
-    // Provider ids are unique in tally.provider_links, keyed by the id.
-    let sql = "SELECT tenant_id FROM tally.provider_links
-                WHERE provider = $1 AND object = 'customer' AND object_id = $2";
-    if let Some(row) = query_opt(tx, sql, &[&provider.as_str(), &customer.id]).await? {
-        return Ok(Some(row.get(0)));
-    }
-    match &customer.tenant_hint {
-        Some(tenant_id) if tenant_exists(tx, tenant_id).await? => {
-            link(tx, tenant_id, provider, &customer.id, None).await?;
-            Ok(Some(tenant_id.clone()))
-        }
-        _ => Ok(None),
-    }
-}
-
-async fn link(
-    tx: &Transaction<'_>,
-    tenant_id: &str,
-    provider: Provider,
-    customer_id: &str,
-    subscription_id: Option<&str>,
-) -> Result<(), Error> {
-    execute(
-        tx,
-        "SELECT tally.link_provider_customer($1, $2, $3, $4)",
-        &[
-            &tenant_id,
-            &provider.as_str(),
-            &customer_id,
-            &subscription_id,
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn plan_for_price(
-    tx: &Transaction<'_>,
-    provider: Provider,
-    price_id: &str,
-) -> Result<Option<String>, Error> {
-    let sql = match provider {
-        Provider::Stripe => "SELECT plan_id FROM tally.plans WHERE stripe_price_id = $1",
-        Provider::Paddle => "SELECT plan_id FROM tally.plans WHERE paddle_price_id = $1",
-    };
-    Ok(query_opt(tx, sql, &[&price_id])
-        .await?
-        .map(|row| row.get(0)))
-}
-
-async fn set_status(
-    tx: &Transaction<'_>,
-    tenant_id: &str,
-    status: TenantStatus,
-) -> Result<(), Error> {
-    execute(
-        tx,
-        "SELECT tally.set_tenant_status($1, $2)",
-        &[&tenant_id, &status.as_str()],
-    )
-    .await?;
-    Ok(())
 }

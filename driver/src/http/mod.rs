@@ -29,6 +29,7 @@ pub struct AppState {
     pub stripe_secrets: Secrets,
     pub paddle_secrets: Secrets,
     pub metrics: Arc<Metrics>,
+    pub billing: crate::db::events::BillingConfig,
 }
 
 impl AppState {

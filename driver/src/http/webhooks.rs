@@ -90,7 +90,7 @@ async fn receive(
         Provider::Paddle => events::paddle_record(&payload),
     };
     let mut client = state.client().await?;
-    let outcome = db::apply(&mut client, &event, &record)
+    let outcome = db::apply(&mut client, &event, &record, &state.billing)
         .await
         .map_err(|error| {
             ApiError::from_db(
@@ -98,24 +98,20 @@ async fn receive(
                 error,
             )
         })?;
-    let (label, answer) = match &outcome {
-        Outcome::Processed { .. } => ("processed", json!({"status": "processed"})),
-        Outcome::Duplicate => ("duplicate", json!({"status": "duplicate"})),
-        Outcome::Ignored { why } => ("ignored", json!({"status": "ignored", "reason": why})),
-        Outcome::Deferred { why } => ("deferred", json!({"reason": why})),
-    };
+    let label = outcome.label();
     state
         .metrics
         .webhook(name, events::type_label(&event.kind), label);
-    let tenant = match &outcome {
-        Outcome::Processed { tenant_id } => tenant_id.as_str(),
-        _ => "",
-    };
-    tracing::info!(provider = name, event_id = %event.id, event_type = %event.kind, outcome = label, tenant_id = tenant, "webhook");
-    if let Outcome::Deferred { why } = outcome {
+    tracing::info!(provider = name, event_id = %event.id, event_type = %event.kind, outcome = label, "webhook");
+    match outcome {
         // Not recorded: the provider retries, and the retry is processed
         // once the customer is linked.
-        return Err(ApiError::unavailable("not_ready", why, 60));
+        Outcome::Deferred { why } => Err(ApiError::unavailable("not_ready", why, 60)),
+        Outcome::Conflict | Outcome::Unlinked => {
+            tracing::warn!(provider = name, event_id = %event.id, outcome = label,
+                "webhook acknowledged without effect: see tallyd links");
+            Ok(Json(json!({"status": label})))
+        }
+        _ => Ok(Json(json!({"status": label}))),
     }
-    Ok(Json(answer))
 }
