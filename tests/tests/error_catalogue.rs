@@ -219,6 +219,13 @@ fn provider_ids_linked_to_another_tenant_are_refused_as_the_catalogue_says() {
         ),
         errors::customer_linked_elsewhere("stripe", "cus_1", "acme")
     );
+    assert_eq!(
+        reported(
+            &mut client,
+            "SELECT tally.link_provider_customer('globex', 'paddle', 'ctm_9', 'sub_1')"
+        ),
+        errors::subscription_linked_elsewhere("paddle", "sub_1", "acme")
+    );
 }
 
 #[test]
