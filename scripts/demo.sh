@@ -87,9 +87,11 @@ api_call POST /v1/usage/chatbots/check
 api_call POST /v1/usage/chatbots/check
 api_call GET /v1/usage
 
-say "signed Stripe webhooks: checkout links the customer, a paid invoice resets usage"
+say "signed Stripe webhooks: checkout links the customer, a paid renewal starts a new period and resets usage"
 webhook '{"id": "evt_demo_checkout", "type": "checkout.session.completed", "created": '"$(date +%s)"', "data": {"object": {"client_reference_id": "globex", "customer": "cus_demo"}}}'
-paid='{"id": "evt_demo_paid", "type": "invoice.paid", "created": '"$(date +%s)"', "data": {"object": {"customer": "cus_demo"}}}'
+now=$(date +%s)
+paid='{"id": "evt_demo_paid", "type": "invoice.paid", "created": '"$now"', "data": {"object": {"customer": "cus_demo",
+       "billing_reason": "subscription_cycle", "lines": {"data": [{"period": {"start": '"$now"', "end": '"$((now + 2592000))"'}}]}}}}'
 webhook "$paid"
 webhook "$paid"
 show "tallyd usage globex"

@@ -13,7 +13,7 @@ use serde_json::json;
 enum Scenario {
     /// `POST /v1/usage/<metric>/check` with an API key.
     Check,
-    /// A new signed Stripe `invoice.paid` event each time, for a rotating
+    /// A new signed Stripe `invoice.paid` renewal each time, for a rotating
     /// set of linked customers.
     Webhooks,
     /// The same signed Stripe event again and again.
@@ -69,7 +69,8 @@ fn request(args: &Args, http: &reqwest::Client, n: u64, run: u64) -> reqwest::Re
             let customer = format!("cus_{}", n % u64::from(args.customers) + 1);
             let body =
                 json!({"id": id, "object": "event", "type": "invoice.paid", "created": unix_now(),
-                              "data": {"object": {"customer": customer}}})
+                              "data": {"object": {"customer": customer, "billing_reason": "subscription_cycle",
+                                                  "lines": {"data": [{"period": {"start": unix_now(), "end": unix_now() + 2_592_000}}]}}}})
                 .to_string();
             let signature =
                 tallyd::signature::sign_stripe(&args.secret, unix_now(), body.as_bytes());
