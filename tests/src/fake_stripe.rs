@@ -4,7 +4,9 @@
 //! and replayed, 500s included, as Stripe v1 does; a key reused with other
 //! parameters is an `idempotency_error`), and events counted once per
 //! `identifier`. Faults can be injected: 500s, 429s with `Retry-After`,
-//! customers Stripe does not know, slow answers and dropped connections.
+//! customers Stripe does not know, customers answered 429 with any
+//! `Retry-After` (garbage and absurd values included), slow answers and
+//! dropped connections.
 //!
 //! It stands in for Stripe's servers only: the code under test is tallyd's
 //! real client. `GET /_fake/events` lists what it counted; `GET
@@ -27,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 /// Faults to inject; all off by default.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
+    /// Customers whose events are always answered `429` with this
+    /// `Retry-After` header value, verbatim (nothing recorded).
+    pub throttled: HashMap<String, String>,
     /// Share of requests answered `500 api_error` (nothing recorded).
     pub server_errors: f64,
     /// Share of requests answered `429` with `Retry-After` (nothing recorded).
@@ -66,6 +71,7 @@ struct State {
     by_identifier: HashMap<String, usize>,
     saved: HashMap<String, Saved>,
     requests: u64,
+    by_identifier_requests: HashMap<String, u64>,
     rng: StdRng,
 }
 
@@ -122,6 +128,7 @@ impl FakeStripe {
                 by_identifier: HashMap::new(),
                 saved: HashMap::new(),
                 requests: 0,
+                by_identifier_requests: HashMap::new(),
                 rng: StdRng::seed_from_u64(seed),
             })),
             shutdown: CancellationToken::new(),
@@ -173,6 +180,12 @@ impl FakeStripe {
     /// Requests received on the meter-event endpoint, answered or not.
     pub fn requests(&self) -> u64 {
         self.state.lock().unwrap().requests
+    }
+
+    /// Requests received on the meter-event endpoint per identifier,
+    /// answered or not, replays included.
+    pub fn requests_by_identifier(&self) -> HashMap<String, u64> {
+        self.state.lock().unwrap().by_identifier_requests.clone()
     }
 
     pub fn stop(&self) {
@@ -266,6 +279,9 @@ impl FakeStripe {
         let (answer, delay) = {
             let mut state = self.state.lock().unwrap();
             state.requests += 1;
+            if let Some(identifier) = param("identifier") {
+                *state.by_identifier_requests.entry(identifier).or_insert(0) += 1;
+            }
             if let Some(saved) = key.as_ref().and_then(|key| state.saved.get(key)) {
                 let answer = if saved.params == canonical {
                     Answer::Respond(
@@ -283,6 +299,17 @@ impl FakeStripe {
                 return answer;
             }
             let faults = state.faults.clone();
+            let throttled = param("payload[stripe_customer_id]")
+                .and_then(|customer| faults.throttled.get(&customer).cloned());
+            if let Some(retry_after) = throttled {
+                return Answer::Respond(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    json!({"error": {"type": "invalid_request_error", "code": "rate_limit",
+                                     "message": "Too many requests hit the API too quickly."}})
+                    .to_string(),
+                    vec![("retry-after", retry_after)],
+                );
+            }
             if state.rng.gen_bool(faults.rate_limited.clamp(0.0, 1.0)) {
                 // Turned away before execution: nothing saved for the key.
                 return Answer::Respond(

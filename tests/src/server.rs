@@ -33,11 +33,21 @@ impl Server {
     }
 
     pub async fn start_with(db: &TestDb, stripe_secrets: &str, paddle_secrets: &str) -> Server {
-        Server::start_full(db, stripe_secrets, paddle_secrets, None).await
+        Server::start_full(db, stripe_secrets, paddle_secrets, None, 16).await
     }
 
     /// tallyd with its usage-report worker sending to `stripe_api_base`.
     pub async fn start_with_worker(db: &TestDb, stripe_api_base: &str, stripe_key: &str) -> Server {
+        Server::start_with_worker_and_pool(db, stripe_api_base, stripe_key, 16).await
+    }
+
+    /// The same, with `pool_size` connections for the HTTP server.
+    pub async fn start_with_worker_and_pool(
+        db: &TestDb,
+        stripe_api_base: &str,
+        stripe_key: &str,
+        pool_size: usize,
+    ) -> Server {
         let client = tallyd::worker::stripe::MeterClient::new(
             stripe_key,
             stripe_api_base,
@@ -48,7 +58,8 @@ impl Server {
             poll_interval: Duration::from_millis(20),
             ..Default::default()
         };
-        Server::start_full(db, STRIPE_SECRET, PADDLE_SECRET, Some((client, config))).await
+        let worker = Some((client, config));
+        Server::start_full(db, STRIPE_SECRET, PADDLE_SECRET, worker, pool_size).await
     }
 
     async fn start_full(
@@ -59,12 +70,13 @@ impl Server {
             tallyd::worker::stripe::MeterClient,
             tallyd::worker::WorkerConfig,
         )>,
+        pool_size: usize,
     ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let config = tallyd::Config {
             database_url: db.url_as("tally_daemon"),
-            pool_size: 16,
+            pool_size,
             stripe_webhook_secrets: tallyd::signature::Secrets::parse(stripe_secrets),
             paddle_webhook_secrets: tallyd::signature::Secrets::parse(paddle_secrets),
             max_body_bytes: 64 * 1024,

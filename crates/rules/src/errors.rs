@@ -103,6 +103,8 @@ pub mod message {
     pub const UNITS_NOT_POSITIVE: &str = "units must be positive";
     pub const KEY_TOO_LONG: &str = "idempotency_key is too long";
     pub const RESETS_CONSUMABLES_ONLY: &str = "reset_usage resets consumables only";
+    pub const LEASE_LOST: &str = "usage report lease lost";
+    pub const RESEND_MAY_BILL_TWICE: &str = "usage reports may be billed twice";
     pub const INTERNAL: &str = "tally internal error";
 }
 
@@ -224,6 +226,17 @@ pub fn interval_not_positive(name: &str, value: impl fmt::Display) -> Failure {
     )
     .detail(format!("{name} = {value}"))
     .hint(format!("pass a {name} such as '5 minutes'"))
+}
+
+/// An interval longer than the function takes (`at_most`, as Postgres
+/// prints the interval).
+pub fn interval_too_long(name: &str, value: impl fmt::Display, at_most: &str) -> Failure {
+    Failure::new(
+        InvalidParameterValue,
+        format!("{name} must be at most {at_most}"),
+    )
+    .detail(format!("{name} = {value}"))
+    .hint(format!("pass a {name} of at most {at_most}"))
 }
 
 /// A retention shorter than the least the function keeps (`at_least`, as
@@ -404,6 +417,62 @@ pub fn report_not_found(ids: &[i64]) -> Failure {
 
 // Refusals.
 
+/// A worker settled a report with the token of a claim that is no longer
+/// the report's: its lease lapsed and another claim took the report.
+pub fn lease_lost(id: i64, attempts: i32) -> Failure {
+    Failure::new(ObjectNotInPrerequisiteState, message::LEASE_LOST)
+        .detail(format!(
+            "usage report {id} was claimed again after this lease (attempt {attempts} holds it)"
+        ))
+        .hint("drop this result: the report's current holder sends and settles it, and the provider counts its identifier once")
+}
+
+/// The most report ids an error lists before it says how many more.
+pub const MAX_LISTED_IDS: usize = 20;
+
+fn listed_ids(ids: &[i64]) -> String {
+    let mut shown: Vec<String> = ids
+        .iter()
+        .take(MAX_LISTED_IDS)
+        .map(i64::to_string)
+        .collect();
+    if ids.len() > MAX_LISTED_IDS {
+        shown.push(format!("and {} more", ids.len() - MAX_LISTED_IDS));
+    }
+    shown.join(", ")
+}
+
+/// Failed reports (ascending ids) first claimed 24 hours or more ago: a
+/// send of theirs may have reached Stripe outside its 24-hour dedupe of
+/// identifiers, so sending them again may bill them twice.
+pub fn resend_may_bill_twice(ids: &[i64]) -> Failure {
+    let (noun, verb) = if ids.len() == 1 {
+        ("usage report", "was")
+    } else {
+        ("usage reports", "were")
+    };
+    Failure::new(
+        ObjectNotInPrerequisiteState,
+        message::RESEND_MAY_BILL_TWICE,
+    )
+    .detail(format!(
+        "{noun} {} {verb} first claimed for sending 24 hours or more ago; \
+         Stripe counts a meter event's identifier once within 24 hours only",
+        listed_ids(ids)
+    ))
+    .hint("check in Stripe which of these meter events arrived (by identifier); requeue the others with allow_resend_after_24h => true (tallyd reports retry --allow-resend-after-24h)")
+}
+
+/// A function of an older version's SQL, which settled or claimed usage
+/// reports without lease tokens, called with this library.
+pub fn superseded_function(signature: &str) -> Failure {
+    Failure::new(ObjectNotInPrerequisiteState, message::NEEDS_UPDATE)
+        .detail(format!(
+            "{signature} is declared by the SQL of an older tally; this library settles usage reports only with the lease token of their claim"
+        ))
+        .hint("run ALTER EXTENSION tally UPDATE (or tallyd migrate)")
+}
+
 pub fn counter_out_of_range(tenant_id: &str, metric: &str, used: i64, units: i64) -> Failure {
     Failure::new(NumericValueOutOfRange, message::COUNTER_OUT_OF_RANGE)
         .detail(format!(
@@ -525,6 +594,20 @@ mod tests {
         assert_eq!(
             report_not_found(&[3, 9]).detail.as_deref(),
             Some("no usage report has id 3, 9")
+        );
+    }
+
+    #[test]
+    fn reports_that_may_be_billed_twice_are_named_up_to_a_limit() {
+        assert!(resend_may_bill_twice(&[4])
+            .detail
+            .unwrap()
+            .starts_with("usage report 4 was first claimed"));
+        let many: Vec<i64> = (1..=25).collect();
+        let detail = resend_may_bill_twice(&many).detail.unwrap();
+        assert!(
+            detail.starts_with("usage reports 1, 2, 3,") && detail.contains("20, and 5 more were"),
+            "{detail}"
         );
     }
 

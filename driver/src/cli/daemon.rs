@@ -18,6 +18,10 @@ use crate::worker::stripe::MeterClient;
 use crate::worker::WorkerConfig;
 use crate::Config;
 
+/// The shortest lease a worker takes: a send must start within a quarter of
+/// it and be answered within nine tenths.
+const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, Args)]
 #[command(after_help = secrets::SERVE_HELP)]
 pub struct ServeArgs {
@@ -66,7 +70,7 @@ pub struct WorkerArgs {
     /// Reports claimed at a time.
     #[arg(long, env = "TALLY_WORKER_BATCH", default_value_t = WorkerConfig::DEFAULT.batch)]
     pub worker_batch: i32,
-    /// How long a claim holds its reports: a worker that dies gives them back after it. 60s, 5m, …
+    /// How long a claim holds its reports (1s to 1h): a worker that dies gives them back after it. 60s, 5m, …
     #[arg(long, env = "TALLY_WORKER_LEASE", default_value_t = Span(WorkerConfig::DEFAULT.lease), value_parser = parse_span)]
     pub worker_lease: Span,
     /// Pause before looking again when the queue is empty. 250ms, 1s, …
@@ -101,6 +105,14 @@ impl WorkerArgs {
         let rate_ok = self.worker_rate.is_finite() && self.worker_rate > 0.0;
         if !rate_ok || self.worker_concurrency == 0 || self.worker_batch <= 0 {
             bail!("the worker's rate, concurrency and batch must be positive");
+        }
+        let lease_ms = i64::try_from(self.worker_lease.0.as_millis()).unwrap_or(i64::MAX);
+        if !tally_rules::lease_in_bounds(lease_ms) || self.worker_lease.0 < MIN_LEASE {
+            bail!(
+                "--worker-lease must be between {} s and {} minutes: a claim holds reports that long",
+                MIN_LEASE.as_secs(),
+                tally_rules::MAX_LEASE_MS / 60_000
+            );
         }
         let client = MeterClient::new(key, &self.stripe_api_base, self.stripe_timeout.0)?;
         let config = WorkerConfig {
