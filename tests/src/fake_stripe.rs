@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -29,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 /// Faults to inject; all off by default.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
+    /// Customers whose events are answered `500` with a Stripe error
+    /// followed by whitespace that never ends (nothing recorded).
+    pub endless_answers: HashSet<String>,
     /// Customers whose events are always answered `429` with this
     /// `Retry-After` header value, verbatim (nothing recorded).
     pub throttled: HashMap<String, String>,
@@ -85,7 +89,31 @@ pub struct FakeStripe {
 
 enum Answer {
     Respond(StatusCode, String, Vec<(&'static str, String)>),
+    /// A 500 whose body is this, then spaces without end.
+    Endless(String),
     Drop,
+}
+
+/// A body that starts with `head` and then sends spaces until the client
+/// hangs up.
+struct EndlessBody {
+    head: Option<Bytes>,
+}
+
+impl hyper::body::Body for EndlessBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        let chunk = self
+            .head
+            .take()
+            .unwrap_or_else(|| Bytes::from(vec![b' '; 16 * 1024]));
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+    }
 }
 
 fn stripe_error(status: StatusCode, kind: &str, code: Option<&str>, message: &str) -> Answer {
@@ -195,7 +223,7 @@ impl FakeStripe {
     async fn handle(
         &self,
         request: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    ) -> Result<Response<BoxBody<Bytes, std::io::Error>>, std::io::Error> {
         let (parts, body) = request.into_parts();
         let body = body
             .collect()
@@ -237,6 +265,13 @@ impl FakeStripe {
         };
         match answer {
             Answer::Drop => Err(std::io::Error::other("connection dropped on purpose")),
+            Answer::Endless(head) => Ok(Response::builder()
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .header("content-type", "application/json")
+                .body(BoxBody::new(EndlessBody {
+                    head: Some(Bytes::from(head)),
+                }))
+                .unwrap()),
             Answer::Respond(status, body, headers) => {
                 let mut response = Response::builder()
                     .status(status)
@@ -245,7 +280,8 @@ impl FakeStripe {
                 for (name, value) in headers {
                     response = response.header(name, value);
                 }
-                Ok(response.body(Full::new(Bytes::from(body))).unwrap())
+                let body = Full::new(Bytes::from(body)).map_err(|never| match never {});
+                Ok(response.body(BoxBody::new(body)).unwrap())
             }
         }
     }
@@ -301,6 +337,14 @@ impl FakeStripe {
             let faults = state.faults.clone();
             let throttled = param("payload[stripe_customer_id]")
                 .and_then(|customer| faults.throttled.get(&customer).cloned());
+            if param("payload[stripe_customer_id]")
+                .is_some_and(|customer| faults.endless_answers.contains(&customer))
+            {
+                return Answer::Endless(
+                    json!({"error": {"type": "api_error", "message": "An unknown error occurred."}})
+                        .to_string(),
+                );
+            }
             if let Some(retry_after) = throttled {
                 return Answer::Respond(
                     StatusCode::TOO_MANY_REQUESTS,

@@ -1078,3 +1078,39 @@ async fn the_worker_in_serve_has_a_pool_of_its_own() {
     assert!(request.await.unwrap().is_success());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_that_never_ends_is_read_only_so_far() {
+    let (db, client) = setup(&[("big", Some("cus_big"))]).await;
+    count(&client, "big", 1).await;
+    let fake = FakeStripe::start(
+        KEY,
+        Faults {
+            endless_answers: ["cus_big".to_string()].into(),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let (stop, worker) = start_worker(&db, &fake, 100.0);
+    wait_for("the answer is recorded", || async {
+        client
+            .query_one(
+                "SELECT last_error IS NOT NULL FROM tally.usage_reports",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    // Stripe's error was read from the answer's first 64 KiB, without
+    // waiting for an end that never comes.
+    let error: String = client
+        .query_one("SELECT last_error FROM tally.usage_reports", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(error, "stripe 500: An unknown error occurred.");
+}
