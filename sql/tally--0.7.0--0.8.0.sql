@@ -21,7 +21,7 @@
 --   hours only) unless allow_resend_after_24h. Reports that may have been
 --   claimed under 0.7.0 count from their creation, which is earlier than
 --   any claim.
--- * Leases are at most an hour; a retry_after counts up to the backoff cap.
+-- * Leases are at most an hour; a retry_after counts up to an hour.
 
 ALTER TABLE tally.usage_reports
     ADD COLUMN sends integer NOT NULL DEFAULT 0,

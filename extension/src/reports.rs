@@ -224,8 +224,8 @@ fn complete_leased_report(id: Option<i64>, lease_token: Option<Uuid>) {
 /// report lease lost`, 55000, and nothing changes). A transient failure puts
 /// it back in the queue after a backoff (`tally.report_backoff_base`,
 /// doubling up to `tally.report_backoff_max`, plus up to 25% jitter), or
-/// after `retry_after` (a provider's `Retry-After`, counted up to
-/// `tally.report_backoff_max`) when that is longer; a `permanent` one, or
+/// after `retry_after` (a provider's `Retry-After`, counted up to an hour)
+/// when that is longer; a `permanent` one, or
 /// the failure of the last allowed attempt (`tally.report_max_attempts`),
 /// marks it `failed`. A completed or failed report is left as it is.
 #[pg_extern(security_definer, name = "fail_usage_report")]

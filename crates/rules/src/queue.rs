@@ -8,10 +8,10 @@ use crate::Micros;
 /// gives them back within an hour at most.
 pub const MAX_LEASE_MS: i64 = 3_600_000;
 
-/// The longest wait a provider's `Retry-After` may impose on one report, and
-/// the default `tally.report_backoff_max`: the SQL API clamps a
-/// `retry_after` to the backoff cap in force, tallyd clamps the header to
-/// this before it passes it on.
+/// The longest wait a provider's `Retry-After` may impose on one report (the
+/// default `tally.report_backoff_max` too): the SQL API counts a
+/// `retry_after` up to this, tallyd clamps the header to it before it
+/// passes it on.
 pub const MAX_RETRY_AFTER_MS: i64 = 3_600_000;
 
 /// Stripe counts a meter event once per identifier within a rolling 24
@@ -76,8 +76,8 @@ pub fn attempts_exhausted(attempts: i32, max_attempts: i32) -> bool {
 /// A permanent failure, or the failure of the last allowed attempt, ends a
 /// report; anything else is retried after the backoff, or after the
 /// provider's `Retry-After` when that is longer. A `Retry-After` counts for
-/// at most the backoff's cap (`backoff.max_ms`): a provider cannot park a
-/// report for longer than tally's own longest delay.
+/// [`MAX_RETRY_AFTER_MS`] at most: a provider cannot park a report for
+/// longer than an hour.
 pub fn after_failure(
     attempts: i32,
     max_attempts: i32,
@@ -91,7 +91,7 @@ pub fn after_failure(
     } else {
         let delay_ms = backoff
             .delay_ms(attempts.max(1), jitter)
-            .max(retry_after_ms.unwrap_or(0).clamp(0, backoff.max_ms));
+            .max(retry_after_ms.unwrap_or(0).clamp(0, MAX_RETRY_AFTER_MS));
         AfterFailure::Retry { delay_ms }
     }
 }
@@ -164,7 +164,7 @@ mod tests {
         let retry = |after| after_failure(1, 10, false, Some(after), BACKOFF, 0.0);
         assert_eq!(retry(60_000), AfterFailure::Retry { delay_ms: 60_000 });
         assert_eq!(retry(1_000), AfterFailure::Retry { delay_ms: 10_000 });
-        // It counts for the backoff's cap at most.
+        // It counts for an hour at most.
         assert_eq!(
             retry(i64::MAX),
             AfterFailure::Retry {

@@ -30,7 +30,7 @@ use stripe_client_core::{
 /// Stripe accepts meter events from the past 35 days.
 pub const MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::days(35);
 
-/// The longest `Retry-After` believed: the backoff's cap, which the SQL API
+/// The longest `Retry-After` believed, an hour, which the SQL API
 /// applies to a `retry_after` too.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_millis(tally_rules::MAX_RETRY_AFTER_MS as u64);
 
