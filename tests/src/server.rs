@@ -167,8 +167,13 @@ pub fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// The tallyd binary built next to this test (scripts/test.sh builds it).
+/// The tallyd binary built next to this test (scripts/test.sh builds it),
+/// or the one `TALLY_TEST_TALLYD` names (when several checkouts share one
+/// target directory, `target/debug/tallyd` is whichever was built last).
 pub fn tallyd_binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("TALLY_TEST_TALLYD") {
+        return path.into();
+    }
     let exe = std::env::current_exe().expect("test executable");
     let binary = exe
         .parent()
