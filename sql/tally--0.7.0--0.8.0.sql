@@ -126,6 +126,95 @@ REVOKE SELECT ON tally.plans, tally.provider_links FROM tally_daemon;
 
 
 -- 2. The usage-report queue: lease tokens, send counters, bounds.
+--
+-- * Each claim hands out a lease token; complete_usage_report and
+--   fail_usage_report take it, so a worker whose lease lapsed cannot settle
+--   a report another worker has claimed since. The old functions, which
+--   took no token, are dropped (their C symbols now refuse: see
+--   extension/src/upgrade.rs).
+-- * sends counts claims and is never reset: the worker's idempotency keys
+--   are <identifier>:s<sends>, never a key of 0.7.0 (<identifier>:<attempt>).
+-- * first_claimed_at: requeue_failed_usage_reports refuses a report first
+--   claimed 24 hours or more ago (Stripe dedupes an identifier within 24
+--   hours only) unless allow_resend_after_24h. Reports that may have been
+--   claimed under 0.7.0 count from their creation, which is earlier than
+--   any claim.
+-- * Leases are at most an hour; a retry_after counts up to an hour.
+
+ALTER TABLE tally.usage_reports
+    ADD COLUMN sends integer NOT NULL DEFAULT 0,
+    ADD COLUMN lease_token uuid,
+    ADD COLUMN first_claimed_at timestamptz;
+UPDATE tally.usage_reports
+   SET sends = attempts,
+       first_claimed_at = created_at
+ WHERE attempts > 0 OR status <> 'pending' OR last_error IS NOT NULL;
+
+DROP FUNCTION tally.claim_usage_reports(integer, interval);
+DROP FUNCTION tally.complete_usage_report(bigint);
+DROP FUNCTION tally.fail_usage_report(bigint, text, boolean, interval);
+DROP FUNCTION tally.requeue_failed_usage_reports(bigint[]);
+CREATE FUNCTION tally."claim_usage_reports"(
+	"batch" INT DEFAULT 100, /* Option < i32 > */
+	"lease" interval DEFAULT NULL /* Option < Interval > */
+) RETURNS TABLE (
+	"id" bigint,  /* i64 */
+	"tenant_id" TEXT,  /* String */
+	"metric" TEXT,  /* String */
+	"event_name" TEXT,  /* String */
+	"units" bigint,  /* i64 */
+	"identifier" TEXT,  /* String */
+	"stripe_customer_id" TEXT,  /* Option < String > */
+	"created_at" timestamp with time zone,  /* TimestampWithTimeZone */
+	"attempts" INT,  /* i32 */
+	"lease_until" timestamp with time zone,  /* TimestampWithTimeZone */
+	"lease_token" uuid,  /* Uuid */
+	"sends" INT  /* i32 */
+)
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'claim_leased_reports_wrapper';
+CREATE FUNCTION tally."complete_usage_report"(
+	"id" bigint, /* Option < i64 > */
+	"lease_token" uuid /* Option < Uuid > */
+) RETURNS void
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'complete_leased_report_wrapper';
+CREATE FUNCTION tally."fail_usage_report"(
+	"id" bigint, /* Option < i64 > */
+	"lease_token" uuid, /* Option < Uuid > */
+	"error" TEXT, /* Option < & str > */
+	"permanent" bool DEFAULT false, /* Option < bool > */
+	"retry_after" interval DEFAULT NULL /* Option < Interval > */
+) RETURNS void
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'fail_leased_report_wrapper';
+CREATE FUNCTION tally."requeue_failed_usage_reports"(
+	"ids" bigint[] DEFAULT NULL, /* :: std :: option :: Option < Vec < Option < i64 > > > */
+	"allow_resend_after_24h" bool DEFAULT false /* Option < bool > */
+) RETURNS bigint /* i64 */
+SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'requeue_failed_reports_wrapper';
+
+ALTER FUNCTION tally.claim_usage_reports(integer, interval) OWNER TO tally_owner;
+ALTER FUNCTION tally.complete_usage_report(bigint, uuid) OWNER TO tally_owner;
+ALTER FUNCTION tally.fail_usage_report(bigint, uuid, text, boolean, interval) OWNER TO tally_owner;
+ALTER FUNCTION tally.requeue_failed_usage_reports(bigint[], boolean) OWNER TO tally_owner;
+REVOKE ALL ON FUNCTION tally.claim_usage_reports(integer, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tally.complete_usage_report(bigint, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tally.fail_usage_report(bigint, uuid, text, boolean, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tally.requeue_failed_usage_reports(bigint[], boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tally.claim_usage_reports(integer, interval) TO tally_daemon;
+GRANT EXECUTE ON FUNCTION tally.complete_usage_report(bigint, uuid) TO tally_daemon;
+GRANT EXECUTE ON FUNCTION tally.fail_usage_report(bigint, uuid, text, boolean, interval) TO tally_daemon;
+GRANT EXECUTE ON FUNCTION tally.requeue_failed_usage_reports(bigint[], boolean) TO tally_admin;
 
 -- (end of the usage-report queue)
 

@@ -76,15 +76,25 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         metrics: metrics.clone(),
         billing: config.billing,
     };
-    let worker = config.worker.map(|(client, worker_config)| {
-        tokio::spawn(worker::run(
-            pool,
-            client,
-            worker_config,
-            metrics,
-            shutdown.clone(),
-        ))
-    });
+    // The worker has a pool of its own: slow requests cannot starve it.
+    let worker = match config.worker {
+        Some((client, worker_config)) => {
+            let worker_pool = db::worker_pool(
+                &config.database_url,
+                worker_config.concurrency + 1,
+                config.allow_superuser,
+                worker::DB_WAIT,
+            )?;
+            Some(tokio::spawn(worker::run(
+                worker_pool,
+                client,
+                worker_config,
+                metrics,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let app = http::router(state, config.max_body_bytes);
     tracing::info!(address = %listener.local_addr()?, "tallyd listening");
     let served = axum::serve(listener, app)
@@ -109,7 +119,12 @@ pub async fn run_worker(
     config: worker::WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let pool = db::pool(database_url, config.concurrency + 1, allow_superuser)?;
+    let pool = db::worker_pool(
+        database_url,
+        config.concurrency + 1,
+        allow_superuser,
+        worker::DB_WAIT,
+    )?;
     db::refuse_superuser(&pool, allow_superuser).await?;
     worker::run(
         pool,

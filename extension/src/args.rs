@@ -72,6 +72,22 @@ pub fn positive_interval(name: &str, value: Interval) -> Result<i64, Failure> {
     }
 }
 
+/// A claim's lease: positive, and at most [`rules::MAX_LEASE_MS`].
+pub fn lease(value: Interval) -> Result<i64, Failure> {
+    if value.as_micros() > i128::from(rules::MAX_LEASE_MS) * 1_000 {
+        return Err(errors::interval_too_long("lease", value, "01:00:00"));
+    }
+    positive_interval("lease", value)
+}
+
+/// A positive wait in milliseconds, however long (the caller clamps it).
+pub fn positive_wait_ms(name: &str, value: Interval) -> Result<i64, Failure> {
+    match value.as_micros() {
+        micros if micros > 0 => Ok(i64::try_from(micros / 1_000).unwrap_or(i64::MAX)),
+        _ => Err(errors::interval_not_positive(name, value)),
+    }
+}
+
 /// A billing period: a start, and an end after it or none (one month).
 pub fn period(
     start: Option<TimestampWithTimeZone>,

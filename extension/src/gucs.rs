@@ -18,7 +18,8 @@ pub static REPORT_BACKOFF_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600
 
 /// `tally.report_lease`: how long a claim holds reports when
 /// `claim_usage_reports` is not given a lease; a worker that dies holding
-/// reports gives them back when the lease expires. Default 5 min.
+/// reports gives them back when the lease expires. Default 5 min, at most
+/// an hour (the longest lease a claim may name).
 pub static REPORT_LEASE_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
 
 const DAY_MS: i32 = 86_400_000;
@@ -69,7 +70,7 @@ fn define() {
         c"",
         &REPORT_LEASE_MS,
         1,
-        DAY_MS,
+        crate::rules::MAX_LEASE_MS as i32,
         GucContext::Suset,
         GucFlags::UNIT_MS,
     );

@@ -4,10 +4,14 @@
 //!
 //! Claims use `FOR UPDATE SKIP LOCKED`, so concurrent workers never hold the
 //! same report, and a lease, so a report held by a worker that died is
-//! claimed again once the lease expires. Nothing is silently dropped: a
+//! claimed again once the lease expires. Each claim hands out a lease token;
+//! completing or failing a report takes the token of its latest claim, so a
+//! worker whose lease lapsed cannot settle a report another worker now
+//! holds. Each claim also counts a send (`sends`, never reset) from which
+//! the worker makes a fresh idempotency key. Nothing is silently dropped: a
 //! report that fails for good is marked `failed` and kept.
 
-use pgrx::datum::Interval;
+use pgrx::datum::{Interval, Uuid};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -15,7 +19,7 @@ use crate::args;
 use crate::errors::{self, OrRaise, Raise};
 use crate::gucs;
 use crate::rules::{self, AfterFailure, Backoff};
-use crate::spi::{self, Statement, INT4, INT8, INT8_ARRAY, INTERVAL, TEXT};
+use crate::spi::{self, Statement, INT4, INT8, INT8_ARRAY, INTERVAL, TEXT, UUID};
 
 /// The longest error text kept on a report.
 const MAX_ERROR_CHARS: usize = 2_000;
@@ -41,13 +45,17 @@ static CLAIM: Statement = Statement {
                 FROM due WHERE r.id = due.id AND due.attempts >= $3
           ), claimed AS (
               UPDATE tally.usage_reports AS r
-                 SET attempts = r.attempts + 1, lease_until = now() + $2
+                 SET attempts = r.attempts + 1, sends = r.sends + 1, lease_until = now() + $2,
+                     lease_token = gen_random_uuid(),
+                     first_claimed_at = coalesce(r.first_claimed_at, now())
                 FROM due WHERE r.id = due.id AND due.attempts < $3
               RETURNING r.id, r.tenant_id, r.metric, r.event_name, r.units, r.identifier,
-                        r.created_at, r.attempts, r.lease_until, r.next_attempt_at
+                        r.created_at, r.attempts, r.lease_until, r.next_attempt_at,
+                        r.lease_token, r.sends
           )
           SELECT c.id, c.tenant_id, c.metric, c.event_name, c.units, c.identifier,
-                 t.stripe_customer_id, c.created_at, c.attempts, c.lease_until
+                 t.stripe_customer_id, c.created_at, c.attempts, c.lease_until,
+                 c.lease_token, c.sends
             FROM claimed AS c LEFT JOIN tally.tenants AS t ON t.tenant_id = c.tenant_id
            ORDER BY c.next_attempt_at, c.id",
     params: &[INT4, INTERVAL, INT4],
@@ -55,13 +63,7 @@ static CLAIM: Statement = Statement {
 
 static COMPLETE: Statement = Statement {
     sql: "UPDATE tally.usage_reports SET status = 'completed', completed_at = now(), lease_until = NULL
-           WHERE id = $1 AND status <> 'completed'
-       RETURNING true",
-    params: &[INT8],
-};
-
-static REPORT_EXISTS: Statement = Statement {
-    sql: "SELECT true FROM tally.usage_reports WHERE id = $1",
+           WHERE id = $1",
     params: &[INT8],
 };
 
@@ -70,8 +72,19 @@ static KNOWN_REPORTS: Statement = Statement {
     params: &[INT8_ARRAY],
 };
 
-/// Failed reports back in the queue with their attempts counted from zero:
-/// those in `$1`, or every one when `$1` is NULL.
+/// The failed reports among `$1` (every one when `$1` is NULL), locked, with
+/// the time of their first claim.
+static LOCK_FAILED: Statement = Statement {
+    sql: "SELECT id, first_claimed_at FROM tally.usage_reports
+           WHERE status = 'failed' AND ($1::bigint[] IS NULL OR id = ANY ($1))
+           ORDER BY id
+             FOR UPDATE",
+    params: &[INT8_ARRAY],
+};
+
+/// Failed reports back in the queue with their attempts counted from zero
+/// (their sends keep counting): those in `$1`, or every one when `$1` is
+/// NULL.
 static REQUEUE: Statement = Statement {
     sql: "UPDATE tally.usage_reports
              SET status = 'pending', attempts = 0, next_attempt_at = now(), lease_until = NULL,
@@ -80,9 +93,13 @@ static REQUEUE: Statement = Statement {
     params: &[INT8_ARRAY],
 };
 
+/// A report's status and attempts, locked, and whether `$2` is the token of
+/// its latest claim.
 static LOCK_REPORT: Statement = Statement {
-    sql: "SELECT status, attempts FROM tally.usage_reports WHERE id = $1 FOR UPDATE",
-    params: &[INT8],
+    sql: "SELECT status, attempts, lease_token IS NOT DISTINCT FROM $2
+            FROM tally.usage_reports WHERE id = $1
+             FOR UPDATE",
+    params: &[INT8, UUID],
 };
 
 static RETRY_LATER: Statement = Statement {
@@ -104,12 +121,18 @@ fn interval_ms(ms: i64) -> Interval {
 }
 
 /// Claim up to `batch` due reports for `lease` (default
-/// `tally.report_lease`), oldest due first. Each claim counts as an attempt.
-/// Finish each with `complete_usage_report` or `fail_usage_report`.
+/// `tally.report_lease`, at most an hour), oldest due first. Each claim
+/// counts as an attempt and as a send, and comes with a lease token: finish
+/// each report with `complete_usage_report` or `fail_usage_report` and that
+/// token.
+///
+/// (The Rust name differs from the SQL name so that the C symbol differs
+/// from the one older versions' SQL names, which returned no token; see
+/// `upgrade`.)
 #[allow(clippy::type_complexity)] // pgrx reads the column names from the inline tuple type.
-#[pg_extern(security_definer)]
+#[pg_extern(security_definer, name = "claim_usage_reports")]
 #[search_path(pg_catalog, pg_temp)]
-fn claim_usage_reports(
+fn claim_leased_reports(
     batch: default!(Option<i32>, 100),
     lease: default!(Option<Interval>, NULL),
 ) -> TableIterator<
@@ -125,12 +148,14 @@ fn claim_usage_reports(
         name!(created_at, TimestampWithTimeZone),
         name!(attempts, i32),
         name!(lease_until, TimestampWithTimeZone),
+        name!(lease_token, Uuid),
+        name!(sends, i32),
     ),
 > {
     let batch = args::positive("batch", batch).or_raise();
     let lease = match lease {
         Some(lease) => {
-            args::positive_interval("lease", lease).or_raise();
+            args::lease(lease).or_raise();
             lease
         }
         None => interval_ms(i64::from(gucs::REPORT_LEASE_MS.get())),
@@ -157,6 +182,9 @@ fn claim_usage_reports(
                 spi::get::<i32>(&row, 9).unwrap_or_default(),
                 spi::get::<TimestampWithTimeZone>(&row, 10)
                     .unwrap_or_else(|| spi::bug("claimed report without a lease".into())),
+                spi::get::<Uuid>(&row, 11)
+                    .unwrap_or_else(|| spi::bug("claimed report without a token".into())),
+                spi::get::<i32>(&row, 12).unwrap_or_default(),
             )
         })
         .collect::<Vec<_>>()
@@ -164,48 +192,57 @@ fn claim_usage_reports(
     TableIterator::new(rows)
 }
 
-/// The report was sent. Idempotent, and final: it also completes a report
-/// that had been marked failed (a late success).
-#[pg_extern(security_definer)]
+/// The report was sent. `lease_token` is the token of the claim that sent
+/// it, which must be the report's latest claim: a worker whose lease lapsed
+/// and whose report was claimed again gets `usage report lease lost`
+/// (55000) and changes nothing. Idempotent, and final: completing a
+/// completed report changes nothing, whatever the token, and a report that
+/// had been marked failed is completed (a late success).
+#[pg_extern(security_definer, name = "complete_usage_report")]
 #[search_path(pg_catalog, pg_temp)]
-fn complete_usage_report(id: Option<i64>) {
+fn complete_leased_report(id: Option<i64>, lease_token: Option<Uuid>) {
     let id = id.ok_or_else(|| errors::null_argument("id")).or_raise();
+    let token = lease_token
+        .ok_or_else(|| errors::null_argument("lease_token"))
+        .or_raise();
     Spi::connect_mut(|client| {
-        if spi::first_row(client, &COMPLETE, &[id.into()]).is_none()
-            && spi::first_row(client, &REPORT_EXISTS, &[id.into()]).is_none()
-        {
+        let Some(report) = spi::first_row(client, &LOCK_REPORT, &[id.into(), token.into()]) else {
             errors::report_not_found(&[id]).raise()
+        };
+        if spi::get::<String>(&report, 1).as_deref() == Some("completed") {
+            return;
         }
+        if spi::get::<bool>(&report, 3) != Some(true) {
+            errors::lease_lost(id, spi::get::<i32>(&report, 2).unwrap_or(0)).raise()
+        }
+        spi::run(client, &COMPLETE, &[id.into()]);
     })
 }
 
-/// Sending the report failed with `error`. A transient failure puts it back
-/// in the queue after a backoff (`tally.report_backoff_base`, doubling up to
-/// `tally.report_backoff_max`, plus up to 25% jitter), or after
-/// `retry_after` (a provider's `Retry-After`) when that is longer; a
-/// `permanent` one, or the failure of the last allowed attempt
-/// (`tally.report_max_attempts`), marks it `failed`. A completed or failed
-/// report is left as it is.
+/// Sending the report failed with `error`. `lease_token` is the token of the
+/// claim that tried, which must be the report's latest claim (else `usage
+/// report lease lost`, 55000, and nothing changes). A transient failure puts
+/// it back in the queue after a backoff (`tally.report_backoff_base`,
+/// doubling up to `tally.report_backoff_max`, plus up to 25% jitter), or
+/// after `retry_after` (a provider's `Retry-After`, counted up to an hour)
+/// when that is longer; a `permanent` one, or
+/// the failure of the last allowed attempt (`tally.report_max_attempts`),
+/// marks it `failed`. A completed or failed report is left as it is.
 #[pg_extern(security_definer, name = "fail_usage_report")]
 #[search_path(pg_catalog, pg_temp)]
-fn fail_report(
+fn fail_leased_report(
     id: Option<i64>,
+    lease_token: Option<Uuid>,
     error: Option<&str>,
     permanent: default!(Option<bool>, false),
     retry_after: default!(Option<Interval>, NULL),
 ) {
     let retry_after_ms =
-        retry_after.map(|after| args::positive_interval("retry_after", after).or_raise() / 1_000);
-    record_failure(id, error, permanent, retry_after_ms);
-}
-
-pub(crate) fn record_failure(
-    id: Option<i64>,
-    error: Option<&str>,
-    permanent: Option<bool>,
-    retry_after_ms: Option<i64>,
-) {
+        retry_after.map(|after| args::positive_wait_ms("retry_after", after).or_raise());
     let id = id.ok_or_else(|| errors::null_argument("id")).or_raise();
+    let token = lease_token
+        .ok_or_else(|| errors::null_argument("lease_token"))
+        .or_raise();
     let error = error
         .ok_or_else(|| errors::null_argument("error"))
         .or_raise();
@@ -214,13 +251,16 @@ pub(crate) fn record_failure(
         .or_raise();
     let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
     Spi::connect_mut(|client| {
-        let Some(report) = spi::first_row(client, &LOCK_REPORT, &[id.into()]) else {
+        let Some(report) = spi::first_row(client, &LOCK_REPORT, &[id.into(), token.into()]) else {
             errors::report_not_found(&[id]).raise()
         };
         if spi::get::<String>(&report, 1).as_deref() != Some("pending") {
             return;
         }
         let attempts = spi::get::<i32>(&report, 2).unwrap_or(0);
+        if spi::get::<bool>(&report, 3) != Some(true) {
+            errors::lease_lost(id, attempts).raise()
+        }
         let backoff = Backoff {
             base_ms: i64::from(gucs::REPORT_BACKOFF_BASE_MS.get()),
             max_ms: i64::from(gucs::REPORT_BACKOFF_MAX_MS.get()),
@@ -259,10 +299,20 @@ fn jitter() -> f64 {
 /// Put failed reports back in the queue, with their attempts counted from
 /// zero: the given ids, or every failed report when `ids` is NULL. Reports
 /// that are not failed are left alone; an unknown id is an error and changes
-/// nothing. Returns how many were put back.
-#[pg_extern(security_definer)]
+/// nothing. A report first claimed 24 hours or more ago may have reached
+/// Stripe outside the 24 hours in which Stripe counts an identifier once:
+/// unless `allow_resend_after_24h`, any such report refuses the whole call
+/// (`usage reports may be billed twice`, 55000, naming them). Returns how
+/// many were put back.
+///
+/// (A new Rust name, so the C symbol differs from the one-argument function
+/// older versions' SQL names; see `upgrade`.)
+#[pg_extern(security_definer, name = "requeue_failed_usage_reports")]
 #[search_path(pg_catalog, pg_temp)]
-fn requeue_failed_usage_reports(ids: default!(Option<Vec<Option<i64>>>, NULL)) -> i64 {
+fn requeue_failed_reports(
+    ids: default!(Option<Vec<Option<i64>>>, NULL),
+    allow_resend_after_24h: default!(Option<bool>, false),
+) -> i64 {
     let ids: Option<Vec<i64>> = ids.map(|ids| {
         ids.into_iter()
             .map(|id| {
@@ -271,6 +321,9 @@ fn requeue_failed_usage_reports(ids: default!(Option<Vec<Option<i64>>>, NULL)) -
             })
             .collect()
     });
+    let allow_resend = allow_resend_after_24h
+        .ok_or_else(|| errors::null_argument("allow_resend_after_24h"))
+        .or_raise();
     Spi::connect_mut(|client| {
         if let Some(ids) = &ids {
             let known: Vec<i64> = spi::run(client, &KNOWN_REPORTS, &[ids.clone().into()])
@@ -286,6 +339,14 @@ fn requeue_failed_usage_reports(ids: default!(Option<Vec<Option<i64>>>, NULL)) -
                 unknown.dedup();
                 errors::report_not_found(&unknown).raise()
             }
+        }
+        let now = spi::now();
+        let risky: Vec<i64> = spi::run(client, &LOCK_FAILED, &[ids.clone().into()])
+            .filter(|row| rules::resend_may_bill_twice(spi::get_micros(row, 2), now))
+            .filter_map(|row| spi::get::<i64>(&row, 1))
+            .collect();
+        if !risky.is_empty() && !allow_resend {
+            errors::resend_may_bill_twice(&risky).raise()
         }
         spi::run(client, &REQUEUE, &[ids.into()]).len() as i64
     })

@@ -22,6 +22,16 @@ CREATE TABLE tally.usage_reports (
     created_at      timestamptz NOT NULL DEFAULT now(),
     completed_at    timestamptz,
     failed_at       timestamptz,
+    -- Claims of the report ever made, never reset (requeueing resets
+    -- attempts): the worker's idempotency key of a send is
+    -- `<identifier>:s<sends>`, so a retry never replays an earlier answer.
+    sends           integer NOT NULL DEFAULT 0,
+    -- The token of the latest claim: completing or failing the report takes
+    -- it, so a worker whose lease lapsed cannot settle a report another
+    -- worker has claimed since.
+    lease_token     uuid,
+    -- The first claim: from then on a send may have reached the provider.
+    first_claimed_at timestamptz,
     PRIMARY KEY (tenant_id, id)
 );
 -- The worker settles a report by id alone.

@@ -4,7 +4,9 @@
 //! and replayed, 500s included, as Stripe v1 does; a key reused with other
 //! parameters is an `idempotency_error`), and events counted once per
 //! `identifier`. Faults can be injected: 500s, 429s with `Retry-After`,
-//! customers Stripe does not know, slow answers and dropped connections.
+//! customers Stripe does not know, customers answered 429 with any
+//! `Retry-After` (garbage and absurd values included), slow answers and
+//! dropped connections.
 //!
 //! It stands in for Stripe's servers only: the code under test is tallyd's
 //! real client. `GET /_fake/events` lists what it counted; `GET
@@ -15,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -27,6 +30,12 @@ use tokio_util::sync::CancellationToken;
 /// Faults to inject; all off by default.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
+    /// Customers whose events are answered `500` with a Stripe error
+    /// followed by whitespace that never ends (nothing recorded).
+    pub endless_answers: HashSet<String>,
+    /// Customers whose events are always answered `429` with this
+    /// `Retry-After` header value, verbatim (nothing recorded).
+    pub throttled: HashMap<String, String>,
     /// Share of requests answered `500 api_error` (nothing recorded).
     pub server_errors: f64,
     /// Share of requests answered `429` with `Retry-After` (nothing recorded).
@@ -66,6 +75,7 @@ struct State {
     by_identifier: HashMap<String, usize>,
     saved: HashMap<String, Saved>,
     requests: u64,
+    by_identifier_requests: HashMap<String, u64>,
     rng: StdRng,
 }
 
@@ -79,7 +89,31 @@ pub struct FakeStripe {
 
 enum Answer {
     Respond(StatusCode, String, Vec<(&'static str, String)>),
+    /// A 500 whose body is this, then spaces without end.
+    Endless(String),
     Drop,
+}
+
+/// A body that starts with `head` and then sends spaces until the client
+/// hangs up.
+struct EndlessBody {
+    head: Option<Bytes>,
+}
+
+impl hyper::body::Body for EndlessBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        let chunk = self
+            .head
+            .take()
+            .unwrap_or_else(|| Bytes::from(vec![b' '; 16 * 1024]));
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+    }
 }
 
 fn stripe_error(status: StatusCode, kind: &str, code: Option<&str>, message: &str) -> Answer {
@@ -122,6 +156,7 @@ impl FakeStripe {
                 by_identifier: HashMap::new(),
                 saved: HashMap::new(),
                 requests: 0,
+                by_identifier_requests: HashMap::new(),
                 rng: StdRng::seed_from_u64(seed),
             })),
             shutdown: CancellationToken::new(),
@@ -175,6 +210,12 @@ impl FakeStripe {
         self.state.lock().unwrap().requests
     }
 
+    /// Requests received on the meter-event endpoint per identifier,
+    /// answered or not, replays included.
+    pub fn requests_by_identifier(&self) -> HashMap<String, u64> {
+        self.state.lock().unwrap().by_identifier_requests.clone()
+    }
+
     pub fn stop(&self) {
         self.shutdown.cancel();
     }
@@ -182,7 +223,7 @@ impl FakeStripe {
     async fn handle(
         &self,
         request: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    ) -> Result<Response<BoxBody<Bytes, std::io::Error>>, std::io::Error> {
         let (parts, body) = request.into_parts();
         let body = body
             .collect()
@@ -224,6 +265,13 @@ impl FakeStripe {
         };
         match answer {
             Answer::Drop => Err(std::io::Error::other("connection dropped on purpose")),
+            Answer::Endless(head) => Ok(Response::builder()
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .header("content-type", "application/json")
+                .body(BoxBody::new(EndlessBody {
+                    head: Some(Bytes::from(head)),
+                }))
+                .unwrap()),
             Answer::Respond(status, body, headers) => {
                 let mut response = Response::builder()
                     .status(status)
@@ -232,7 +280,8 @@ impl FakeStripe {
                 for (name, value) in headers {
                     response = response.header(name, value);
                 }
-                Ok(response.body(Full::new(Bytes::from(body))).unwrap())
+                let body = Full::new(Bytes::from(body)).map_err(|never| match never {});
+                Ok(response.body(BoxBody::new(body)).unwrap())
             }
         }
     }
@@ -266,6 +315,9 @@ impl FakeStripe {
         let (answer, delay) = {
             let mut state = self.state.lock().unwrap();
             state.requests += 1;
+            if let Some(identifier) = param("identifier") {
+                *state.by_identifier_requests.entry(identifier).or_insert(0) += 1;
+            }
             if let Some(saved) = key.as_ref().and_then(|key| state.saved.get(key)) {
                 let answer = if saved.params == canonical {
                     Answer::Respond(
@@ -283,6 +335,25 @@ impl FakeStripe {
                 return answer;
             }
             let faults = state.faults.clone();
+            let throttled = param("payload[stripe_customer_id]")
+                .and_then(|customer| faults.throttled.get(&customer).cloned());
+            if param("payload[stripe_customer_id]")
+                .is_some_and(|customer| faults.endless_answers.contains(&customer))
+            {
+                return Answer::Endless(
+                    json!({"error": {"type": "api_error", "message": "An unknown error occurred."}})
+                        .to_string(),
+                );
+            }
+            if let Some(retry_after) = throttled {
+                return Answer::Respond(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    json!({"error": {"type": "invalid_request_error", "code": "rate_limit",
+                                     "message": "Too many requests hit the API too quickly."}})
+                    .to_string(),
+                    vec![("retry-after", retry_after)],
+                );
+            }
             if state.rng.gen_bool(faults.rate_limited.clamp(0.0, 1.0)) {
                 // Turned away before execution: nothing saved for the key.
                 return Answer::Respond(

@@ -33,7 +33,7 @@ impl Server {
     }
 
     pub async fn start_with(db: &TestDb, stripe_secrets: &str, paddle_secrets: &str) -> Server {
-        Server::start_full(db, stripe_secrets, paddle_secrets, None).await
+        Server::start_full(db, stripe_secrets, paddle_secrets, None, 16).await
     }
 
     /// tallyd with its webhooks configured by `billing` (which checkout
@@ -54,6 +54,16 @@ impl Server {
 
     /// tallyd with its usage-report worker sending to `stripe_api_base`.
     pub async fn start_with_worker(db: &TestDb, stripe_api_base: &str, stripe_key: &str) -> Server {
+        Server::start_with_worker_and_pool(db, stripe_api_base, stripe_key, 16).await
+    }
+
+    /// The same, with `pool_size` connections for the HTTP server.
+    pub async fn start_with_worker_and_pool(
+        db: &TestDb,
+        stripe_api_base: &str,
+        stripe_key: &str,
+        pool_size: usize,
+    ) -> Server {
         let client = tallyd::worker::stripe::MeterClient::new(
             stripe_key,
             stripe_api_base,
@@ -64,7 +74,8 @@ impl Server {
             poll_interval: Duration::from_millis(20),
             ..Default::default()
         };
-        Server::start_full(db, STRIPE_SECRET, PADDLE_SECRET, Some((client, config))).await
+        let worker = Some((client, config));
+        Server::start_full(db, STRIPE_SECRET, PADDLE_SECRET, worker, pool_size).await
     }
 
     async fn start_full(
@@ -75,6 +86,7 @@ impl Server {
             tallyd::worker::stripe::MeterClient,
             tallyd::worker::WorkerConfig,
         )>,
+        pool_size: usize,
     ) -> Server {
         Server::start_inner(
             db,
@@ -100,7 +112,7 @@ impl Server {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let config = tallyd::Config {
             database_url: db.url_as("tally_daemon"),
-            pool_size: 16,
+            pool_size,
             stripe_webhook_secrets: tallyd::signature::Secrets::parse(stripe_secrets),
             paddle_webhook_secrets: tallyd::signature::Secrets::parse(paddle_secrets),
             max_body_bytes: 64 * 1024,
@@ -192,8 +204,13 @@ pub fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// The tallyd binary built next to this test (scripts/test.sh builds it).
+/// The tallyd binary built next to this test (scripts/test.sh builds it),
+/// or the one `TALLY_TEST_TALLYD` names (when several checkouts share one
+/// target directory, `target/debug/tallyd` is whichever was built last).
 pub fn tallyd_binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("TALLY_TEST_TALLYD") {
+        return path.into();
+    }
     let exe = std::env::current_exe().expect("test executable");
     let binary = exe
         .parent()

@@ -156,22 +156,23 @@ fn fill_queue(client: &mut Client, count: i64) {
 fn drain(client: &mut Client) -> Vec<i64> {
     let mut mine = Vec::new();
     loop {
-        let ids: Vec<i64> = client
+        let (ids, tokens): (Vec<i64>, Vec<String>) = client
             .query(
-                "SELECT id FROM tally.claim_usage_reports(50, '5 minutes')",
+                "SELECT id, lease_token::text FROM tally.claim_usage_reports(50, '5 minutes')",
                 &[],
             )
             .unwrap()
             .iter()
-            .map(|row| row.get(0))
-            .collect();
+            .map(|row| (row.get::<_, i64>(0), row.get::<_, String>(1)))
+            .unzip();
         if ids.is_empty() {
             return mine;
         }
         client
             .execute(
-                "SELECT tally.complete_usage_report(id) FROM unnest($1::bigint[]) AS id",
-                &[&ids],
+                "SELECT tally.complete_usage_report(id, token::uuid)
+                   FROM unnest($1::bigint[], $2::text[]) AS c (id, token)",
+                &[&ids, &tokens],
             )
             .unwrap();
         mine.extend(ids);

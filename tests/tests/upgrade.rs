@@ -256,3 +256,99 @@ fn one_session_keeps_working_when_the_extension_is_dropped_and_created_again() {
         .get(0);
     assert!(validated);
 }
+
+/// The SQLSTATE and message `sql` fails with.
+fn failure(client: &mut Client, sql: &str) -> (String, String) {
+    let error = client
+        .batch_execute(sql)
+        .expect_err(&format!("{sql} should fail"));
+    let error = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{sql}: {error}"));
+    (error.code().code().to_string(), error.message().to_string())
+}
+
+#[test]
+fn queue_functions_of_older_versions_settle_nothing_without_a_lease_token() {
+    // The SQL of 0.3.0 (fail without retry_after) and of 0.7.0 name
+    // functions of this library that took no lease token: each refuses.
+    let refuse = |version: &str, calls: &[&str]| {
+        let db = TestDb::create_empty();
+        let mut client = db.connect();
+        client
+            .batch_execute(&format!(
+                "CREATE EXTENSION tally VERSION '{version}'; {FIXTURE}
+                 INSERT INTO tally.tenants (tenant_id) VALUES ('acme');
+                 INSERT INTO tally.usage_reports (tenant_id, metric, event_name, units, attempts, lease_until)
+                 VALUES ('acme', 'messages', 'tally_messages', 1, 1, now() + interval '1 hour');"
+            ))
+            .unwrap();
+        for call in calls {
+            assert_eq!(
+                failure(&mut client, call),
+                ("55000".to_string(), "tally needs an update".to_string()),
+                "{version}: {call}"
+            );
+        }
+        let status: String = client
+            .query_one("SELECT status FROM tally.usage_reports", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(status, "pending", "{version}");
+    };
+    refuse(
+        "0.3.0",
+        &[
+            "SELECT tally.fail_usage_report(1, 'timeout', true)",
+            "SELECT tally.complete_usage_report(1)",
+        ],
+    );
+    refuse(
+        "0.7.0",
+        &[
+            "SELECT * FROM tally.claim_usage_reports(10, '1 minute')",
+            "SELECT tally.complete_usage_report(1)",
+            "SELECT tally.fail_usage_report(1, 'timeout', permanent => true)",
+            "SELECT tally.requeue_failed_usage_reports(NULL)",
+        ],
+    );
+}
+
+#[test]
+fn reports_of_0_7_0_keep_their_history_after_the_upgrade() {
+    let db = TestDb::create_empty();
+    let mut client = db.connect();
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION tally VERSION '0.7.0'; {FIXTURE}
+             INSERT INTO tally.tenants (tenant_id) VALUES ('acme');
+             INSERT INTO tally.usage_reports (tenant_id, metric, event_name, units, status, attempts, last_error, created_at, failed_at)
+             VALUES ('acme', 'messages', 'tally_messages', 1, 'failed', 3, 'resource_missing', now() - interval '2 days', now()),
+                    ('acme', 'messages', 'tally_messages', 2, 'pending', 0, NULL, now(), NULL);
+             ALTER EXTENSION tally UPDATE;"
+        ))
+        .unwrap();
+    let rows: Vec<(i32, bool)> = client
+        .query(
+            "SELECT sends, first_claimed_at IS NOT NULL FROM tally.usage_reports ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(3, true), (0, false)]);
+    // Its first send may be two days old: requeueing it is a decision.
+    assert_eq!(
+        failure(&mut client, "SELECT tally.requeue_failed_usage_reports()"),
+        (
+            "55000".to_string(),
+            "usage reports may be billed twice".to_string()
+        )
+    );
+    // The token-less signatures are gone.
+    assert_eq!(
+        failure(&mut client, "SELECT tally.complete_usage_report(1)").0,
+        "42883"
+    );
+}

@@ -104,6 +104,11 @@ pub mod message {
     pub const KEY_TOO_LONG: &str = "idempotency_key is too long";
     pub const RESETS_CONSUMABLES_ONLY: &str = "reset_usage resets consumables only";
     pub const REFERENCE_TENANT_TOO_LONG: &str = "tenant_id is too long for a checkout reference";
+    pub const LEASE_LOST: &str = "usage report lease lost";
+    pub const RESEND_MAY_BILL_TWICE: &str = "usage reports may be billed twice";
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency key reused with other arguments";
+    pub const RELEASES_ALLOCATIONS_ONLY: &str = "release_usage releases allocations only";
+    pub const RELEASE_EXCEEDS_USED: &str = "release exceeds the units in use";
     pub const INTERNAL: &str = "tally internal error";
 }
 
@@ -203,6 +208,32 @@ pub fn idempotency_key_too_long(bytes: usize, max: usize) -> Failure {
         .hint("use a shorter key, such as a UUID or a hash of the request")
 }
 
+/// An idempotency key sent again with other arguments: `differences` says
+/// what changed.
+pub fn idempotency_key_reused(key: &str, differences: &str) -> Failure {
+    Failure::new(InvalidParameterValue, message::IDEMPOTENCY_KEY_REUSED)
+        .detail(format!("idempotency key {}: {differences}", quoted(key)))
+        .hint("send a new key for each logical request; repeat a key only with the same arguments")
+}
+
+/// A release (a tenant giving units back) of a consumable.
+pub fn releases_allocations_only(metric: &str, kind: &str) -> Failure {
+    Failure::new(InvalidParameterValue, message::RELEASES_ALLOCATIONS_ONLY)
+        .detail(format!("metric {} is a {kind}", quoted(metric)))
+        .hint("consumed units cannot be given back; an operator corrects a count with tally.sync_usage")
+}
+
+/// A release of more units than the tenant holds.
+pub fn release_exceeds_used(tenant_id: &str, metric: &str, used: i64, units: i64) -> Failure {
+    Failure::new(ObjectNotInPrerequisiteState, message::RELEASE_EXCEEDS_USED)
+        .detail(format!(
+            "tenant {} uses {used} of metric {}, the release gives back {units}",
+            quoted(tenant_id),
+            quoted(metric)
+        ))
+        .hint(format!("give back at most {used}"))
+}
+
 pub fn negative_count(name: &str, count: i64) -> Failure {
     Failure::new(
         InvalidParameterValue,
@@ -225,6 +256,17 @@ pub fn interval_not_positive(name: &str, value: impl fmt::Display) -> Failure {
     )
     .detail(format!("{name} = {value}"))
     .hint(format!("pass a {name} such as '5 minutes'"))
+}
+
+/// An interval longer than the function takes (`at_most`, as Postgres
+/// prints the interval).
+pub fn interval_too_long(name: &str, value: impl fmt::Display, at_most: &str) -> Failure {
+    Failure::new(
+        InvalidParameterValue,
+        format!("{name} must be at most {at_most}"),
+    )
+    .detail(format!("{name} = {value}"))
+    .hint(format!("pass a {name} of at most {at_most}"))
 }
 
 /// A retention shorter than the least the function keeps (`at_least`, as
@@ -415,6 +457,62 @@ pub fn report_not_found(ids: &[i64]) -> Failure {
 
 // Refusals.
 
+/// A worker settled a report with the token of a claim that is no longer
+/// the report's: its lease lapsed and another claim took the report.
+pub fn lease_lost(id: i64, attempts: i32) -> Failure {
+    Failure::new(ObjectNotInPrerequisiteState, message::LEASE_LOST)
+        .detail(format!(
+            "usage report {id} was claimed again after this lease (attempt {attempts} holds it)"
+        ))
+        .hint("drop this result: the report's current holder sends and settles it, and the provider counts its identifier once")
+}
+
+/// The most report ids an error lists before it says how many more.
+pub const MAX_LISTED_IDS: usize = 20;
+
+fn listed_ids(ids: &[i64]) -> String {
+    let mut shown: Vec<String> = ids
+        .iter()
+        .take(MAX_LISTED_IDS)
+        .map(i64::to_string)
+        .collect();
+    if ids.len() > MAX_LISTED_IDS {
+        shown.push(format!("and {} more", ids.len() - MAX_LISTED_IDS));
+    }
+    shown.join(", ")
+}
+
+/// Failed reports (ascending ids) first claimed 24 hours or more ago: a
+/// send of theirs may have reached Stripe outside its 24-hour dedupe of
+/// identifiers, so sending them again may bill them twice.
+pub fn resend_may_bill_twice(ids: &[i64]) -> Failure {
+    let (noun, verb) = if ids.len() == 1 {
+        ("usage report", "was")
+    } else {
+        ("usage reports", "were")
+    };
+    Failure::new(
+        ObjectNotInPrerequisiteState,
+        message::RESEND_MAY_BILL_TWICE,
+    )
+    .detail(format!(
+        "{noun} {} {verb} first claimed for sending 24 hours or more ago; \
+         Stripe counts a meter event's identifier once within 24 hours only",
+        listed_ids(ids)
+    ))
+    .hint("check in Stripe which of these meter events arrived (by identifier); requeue the others with allow_resend_after_24h => true (tallyd reports retry --allow-resend-after-24h)")
+}
+
+/// A function of an older version's SQL, which settled or claimed usage
+/// reports without lease tokens, called with this library.
+pub fn superseded_function(signature: &str) -> Failure {
+    Failure::new(ObjectNotInPrerequisiteState, message::NEEDS_UPDATE)
+        .detail(format!(
+            "{signature} is declared by the SQL of an older tally; this library settles usage reports only with the lease token of their claim"
+        ))
+        .hint("run ALTER EXTENSION tally UPDATE (or tallyd migrate)")
+}
+
 pub fn counter_out_of_range(tenant_id: &str, metric: &str, used: i64, units: i64) -> Failure {
     Failure::new(NumericValueOutOfRange, message::COUNTER_OUT_OF_RANGE)
         .detail(format!(
@@ -536,6 +634,20 @@ mod tests {
         assert_eq!(
             report_not_found(&[3, 9]).detail.as_deref(),
             Some("no usage report has id 3, 9")
+        );
+    }
+
+    #[test]
+    fn reports_that_may_be_billed_twice_are_named_up_to_a_limit() {
+        assert!(resend_may_bill_twice(&[4])
+            .detail
+            .unwrap()
+            .starts_with("usage report 4 was first claimed"));
+        let many: Vec<i64> = (1..=25).collect();
+        let detail = resend_may_bill_twice(&many).detail.unwrap();
+        assert!(
+            detail.starts_with("usage reports 1, 2, 3,") && detail.contains("20, and 5 more were"),
+            "{detail}"
         );
     }
 

@@ -1,5 +1,36 @@
 //! When a usage report that failed to send is tried again, and when it is
-//! given up.
+//! given up; how long a claim may hold reports; when putting a failed report
+//! back in the queue could bill it twice.
+
+use crate::Micros;
+
+/// The longest lease a claim may take: a worker that dies holding reports
+/// gives them back within an hour at most.
+pub const MAX_LEASE_MS: i64 = 3_600_000;
+
+/// The longest wait a provider's `Retry-After` may impose on one report (the
+/// default `tally.report_backoff_max` too): the SQL API counts a
+/// `retry_after` up to this, tallyd clamps the header to it before it
+/// passes it on.
+pub const MAX_RETRY_AFTER_MS: i64 = 3_600_000;
+
+/// Stripe counts a meter event once per identifier within a rolling 24
+/// hours. A report first claimed longer ago than this may have reached
+/// Stripe outside that window: sent again, it may be counted again.
+pub const RESEND_WINDOW_MICROS: Micros = 24 * 3_600 * 1_000_000;
+
+/// Whether sending a report again may bill it twice: it was first claimed
+/// (and so may first have reached the provider) a [`RESEND_WINDOW_MICROS`]
+/// or more before `now`. A report never claimed was never sent.
+pub fn resend_may_bill_twice(first_claimed_at: Option<Micros>, now: Micros) -> bool {
+    first_claimed_at.is_some_and(|at| now.saturating_sub(at) >= RESEND_WINDOW_MICROS)
+}
+
+/// Whether a lease of `lease_ms` is one a claim may take: positive and at
+/// most [`MAX_LEASE_MS`].
+pub fn lease_in_bounds(lease_ms: i64) -> bool {
+    (1..=MAX_LEASE_MS).contains(&lease_ms)
+}
 
 /// Delays between attempts: `base · 2^(attempts−1)`, capped at `max`, then
 /// lengthened by up to a quarter at random. Jitter only lengthens, so until
@@ -44,7 +75,9 @@ pub fn attempts_exhausted(attempts: i32, max_attempts: i32) -> bool {
 
 /// A permanent failure, or the failure of the last allowed attempt, ends a
 /// report; anything else is retried after the backoff, or after the
-/// provider's `Retry-After` when that is longer.
+/// provider's `Retry-After` when that is longer. A `Retry-After` counts for
+/// [`MAX_RETRY_AFTER_MS`] at most: a provider cannot park a report for
+/// longer than an hour.
 pub fn after_failure(
     attempts: i32,
     max_attempts: i32,
@@ -58,7 +91,7 @@ pub fn after_failure(
     } else {
         let delay_ms = backoff
             .delay_ms(attempts.max(1), jitter)
-            .max(retry_after_ms.unwrap_or(0));
+            .max(retry_after_ms.unwrap_or(0).clamp(0, MAX_RETRY_AFTER_MS));
         AfterFailure::Retry { delay_ms }
     }
 }
@@ -131,10 +164,46 @@ mod tests {
         let retry = |after| after_failure(1, 10, false, Some(after), BACKOFF, 0.0);
         assert_eq!(retry(60_000), AfterFailure::Retry { delay_ms: 60_000 });
         assert_eq!(retry(1_000), AfterFailure::Retry { delay_ms: 10_000 });
+        // It counts for an hour at most.
+        assert_eq!(
+            retry(i64::MAX),
+            AfterFailure::Retry {
+                delay_ms: 3_600_000
+            }
+        );
+        assert_eq!(retry(-5), AfterFailure::Retry { delay_ms: 10_000 });
         // It does not keep a report past its last attempt.
         assert_eq!(
             after_failure(10, 10, false, Some(1_000), BACKOFF, 0.0),
             AfterFailure::Fail
         );
+    }
+
+    #[test]
+    fn a_resend_may_bill_twice_once_the_first_claim_is_a_day_old() {
+        let day = RESEND_WINDOW_MICROS;
+        let now = 800_000_000_000_000;
+        assert!(!resend_may_bill_twice(None, now));
+        assert!(!resend_may_bill_twice(Some(now), now));
+        assert!(!resend_may_bill_twice(Some(now - day + 1), now));
+        assert!(resend_may_bill_twice(Some(now - day), now));
+        assert!(resend_may_bill_twice(Some(i64::MIN), now));
+        // A claim "in the future" (clocks) is not old.
+        assert!(!resend_may_bill_twice(Some(now + day), now));
+    }
+
+    #[test]
+    fn leases_are_positive_and_an_hour_at_most() {
+        for (lease, ok) in [
+            (0, false),
+            (-1, false),
+            (1, true),
+            (60_000, true),
+            (3_600_000, true),
+            (3_600_001, false),
+            (i64::MAX, false),
+        ] {
+            assert_eq!(lease_in_bounds(lease), ok, "{lease}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! [`WorkerConfig`], and a shutdown on SIGTERM or ctrl-c.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::builder::BoolishValueParser;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::format::{parse_span, Span};
 use super::secrets;
 use crate::db::events::BillingConfig;
+use crate::http::Timeouts;
 use crate::signature::Secrets;
 use crate::telemetry::{self, LogFormat};
 use crate::worker::stripe::MeterClient;
@@ -25,6 +27,10 @@ pub enum CheckoutReferences {
     Any,
     Signed,
 }
+
+/// The shortest lease a worker takes: a send must start within a quarter of
+/// it and be answered within nine tenths.
+const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Args)]
 #[command(after_help = secrets::SERVE_HELP)]
@@ -66,6 +72,61 @@ pub struct ServeArgs {
     pub allow_superuser: bool,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+    /// Also serve /metrics, /readyz and /healthz on this address (an admin
+    /// port kept off the public network); /metrics then leaves --listen.
+    #[arg(long, env = "TALLY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// How long each stage of a request may wait. Their defaults are
+/// [`Timeouts::DEFAULT`].
+#[derive(Debug, Args)]
+pub struct TimeoutArgs {
+    /// Time for a request's headers to arrive (the connection is closed after).
+    #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value_t = Span(Timeouts::DEFAULT.header_read), value_parser = parse_span)]
+    pub header_timeout: Span,
+    /// Time for a request's body to arrive (408 after).
+    #[arg(long, env = "TALLY_BODY_TIMEOUT", default_value_t = Span(Timeouts::DEFAULT.body_read), value_parser = parse_span)]
+    pub body_timeout: Span,
+    /// Time for a whole request (503 with Retry-After after).
+    #[arg(long, env = "TALLY_REQUEST_TIMEOUT", default_value_t = Span(Timeouts::DEFAULT.request), value_parser = parse_span)]
+    pub request_timeout: Span,
+    /// Wait for a free database connection (503 with Retry-After after).
+    #[arg(long, env = "TALLY_POOL_TIMEOUT", default_value_t = Span(Timeouts::DEFAULT.pool_wait), value_parser = parse_span)]
+    pub pool_timeout: Span,
+    /// Postgres statement_timeout on the server's connections.
+    #[arg(long, env = "TALLY_STATEMENT_TIMEOUT", default_value_t = Span(Timeouts::DEFAULT.statement), value_parser = parse_span)]
+    pub statement_timeout: Span,
+    /// Postgres lock_timeout on the server's connections (503 with Retry-After after).
+    #[arg(long, env = "TALLY_LOCK_TIMEOUT", default_value_t = Span(Timeouts::DEFAULT.lock), value_parser = parse_span)]
+    pub lock_timeout: Span,
+}
+
+impl TimeoutArgs {
+    fn timeouts(&self) -> Result<Timeouts> {
+        let timeouts = Timeouts {
+            header_read: self.header_timeout.0,
+            body_read: self.body_timeout.0,
+            request: self.request_timeout.0,
+            pool_wait: self.pool_timeout.0,
+            statement: self.statement_timeout.0,
+            lock: self.lock_timeout.0,
+        };
+        let all = [
+            timeouts.header_read,
+            timeouts.body_read,
+            timeouts.request,
+            timeouts.pool_wait,
+            timeouts.statement,
+            timeouts.lock,
+        ];
+        if all.iter().any(Duration::is_zero) {
+            bail!("timeouts must be positive");
+        }
+        Ok(timeouts)
+    }
 }
 
 /// The worker's flags. Their defaults are [`WorkerConfig::DEFAULT`], so a
@@ -90,7 +151,7 @@ pub struct WorkerArgs {
     /// Reports claimed at a time.
     #[arg(long, env = "TALLY_WORKER_BATCH", default_value_t = WorkerConfig::DEFAULT.batch)]
     pub worker_batch: i32,
-    /// How long a claim holds its reports: a worker that dies gives them back after it. 60s, 5m, …
+    /// How long a claim holds its reports (1s to 1h): a worker that dies gives them back after it. 60s, 5m, …
     #[arg(long, env = "TALLY_WORKER_LEASE", default_value_t = Span(WorkerConfig::DEFAULT.lease), value_parser = parse_span)]
     pub worker_lease: Span,
     /// Pause before looking again when the queue is empty. 250ms, 1s, …
@@ -126,6 +187,14 @@ impl WorkerArgs {
         if !rate_ok || self.worker_concurrency == 0 || self.worker_batch <= 0 {
             bail!("the worker's rate, concurrency and batch must be positive");
         }
+        let lease_ms = i64::try_from(self.worker_lease.0.as_millis()).unwrap_or(i64::MAX);
+        if !tally_rules::lease_in_bounds(lease_ms) || self.worker_lease.0 < MIN_LEASE {
+            bail!(
+                "--worker-lease must be between {} s and {} minutes: a claim holds reports that long",
+                MIN_LEASE.as_secs(),
+                tally_rules::MAX_LEASE_MS / 60_000
+            );
+        }
         let client = MeterClient::new(key, &self.stripe_api_base, self.stripe_timeout.0)?;
         let config = WorkerConfig {
             batch: self.worker_batch,
@@ -157,6 +226,7 @@ pub(super) async fn serve(url: &str, args: ServeArgs) -> Result<()> {
             trust_unsigned_references: args.checkout_references == CheckoutReferences::Any,
             unlinked_retry_window: args.unlinked_retry_window.0,
         },
+        timeouts: args.timeouts.timeouts()?,
         worker: if args.no_worker {
             None
         } else {
@@ -173,9 +243,17 @@ pub(super) async fn serve(url: &str, args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    let admin = match args.admin_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening on {address} (admin)"))?,
+        ),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    crate::run(config, listener, shutdown).await
+    crate::run_with_admin(config, listener, admin, shutdown).await
 }
 
 /// `tallyd worker`.

@@ -83,6 +83,11 @@ pub enum ReportsCommand {
         /// Every failed report.
         #[arg(long, conflicts_with = "ids")]
         all_failed: bool,
+        /// Also requeue reports first sent 24 hours or more ago. Stripe counts
+        /// a meter event's identifier once within 24 hours only: check in
+        /// Stripe that their events did not arrive, or they may be billed twice.
+        #[arg(long)]
+        allow_resend_after_24h: bool,
     },
 }
 
@@ -147,8 +152,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Worker(args) => daemon::worker(url, args).await,
         Command::Reports { command: None } => reports::show(url).await,
         Command::Reports {
-            command: Some(ReportsCommand::Retry { ids, all_failed }),
-        } => reports::retry(url, &ids, all_failed).await,
+            command:
+                Some(ReportsCommand::Retry {
+                    ids,
+                    all_failed,
+                    allow_resend_after_24h,
+                }),
+        } => reports::retry(url, &ids, all_failed, allow_resend_after_24h).await,
         Command::Plans(PlansCommand::Apply { file }) => operator::apply_plans(url, &file).await,
         Command::Tenants(TenantsCommand::Create { tenant_id, plan }) => {
             operator::create_tenant(url, &tenant_id, plan.as_deref()).await

@@ -55,6 +55,47 @@ pub fn pool(url: &str, size: usize, allow_superuser: bool) -> Result<Pool> {
     builder.build().context("building the database pool")
 }
 
+/// The usage-report worker's own pool, apart from the server's: requests
+/// cannot starve the worker of connections, nor the worker the requests.
+/// Every wait is bounded by `wait`: for a free connection, to connect, and
+/// to check one before reuse; statements time out after `wait` too.
+pub fn worker_pool(
+    url: &str,
+    size: usize,
+    allow_superuser: bool,
+    wait: std::time::Duration,
+) -> Result<Pool> {
+    let (mut config, tls) = tls::parse(url)?;
+    let timeouts = format!(
+        "-c statement_timeout={ms} -c lock_timeout={ms}",
+        ms = wait.as_millis()
+    );
+    let options = match config.get_options() {
+        Some(options) if !options.is_empty() => format!("{options} {timeouts}"),
+        _ => timeouts,
+    };
+    config.options(&options);
+    let manager = Manager::from_config(
+        config,
+        tls::connector(&tls)?,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let mut builder = Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(wait))
+        .recycle_timeout(Some(wait));
+    if !allow_superuser {
+        builder = builder.post_create(roles::refuse_superuser_hook());
+    }
+    builder
+        .build()
+        .context("building the worker's database pool")
+}
+
 /// The installed extension's version, if it is installed.
 pub async fn extension_version(client: &tokio_postgres::Client) -> Result<Option<String>, Error> {
     let row = client

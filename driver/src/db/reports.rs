@@ -12,7 +12,8 @@ use crate::worker::stripe::Report;
 pub async fn claim(client: &Client, batch: i32, lease: Duration) -> Result<Vec<Report>, Error> {
     let rows = query(
         client,
-        "SELECT id, tenant_id, event_name, units, identifier, stripe_customer_id, created_at, attempts
+        "SELECT id, tenant_id, event_name, units, identifier, stripe_customer_id, created_at, attempts,
+                lease_token::text, sends
                FROM tally.claim_usage_reports($1, make_interval(secs => $2))",
         &[&batch, &lease.as_secs_f64()],
     )
@@ -28,18 +29,29 @@ pub async fn claim(client: &Client, batch: i32, lease: Duration) -> Result<Vec<R
             stripe_customer_id: row.get(5),
             created_at: row.get(6),
             attempts: row.get(7),
+            lease_token: row.get(8),
+            sends: row.get(9),
         })
         .collect())
 }
 
-pub async fn complete(client: &Client, id: i64) -> Result<(), Error> {
-    execute(client, "SELECT tally.complete_usage_report($1)", &[&id]).await?;
+/// The report was sent. Refused (`usage report lease lost`) when the report
+/// was claimed again since `report`'s claim.
+pub async fn complete(client: &Client, report: &Report) -> Result<(), Error> {
+    execute(
+        client,
+        "SELECT tally.complete_usage_report($1, $2::text::uuid)",
+        &[&report.id, &report.lease_token],
+    )
+    .await?;
     Ok(())
 }
 
+/// Sending the report failed. Refused (`usage report lease lost`) when the
+/// report was claimed again since `report`'s claim.
 pub async fn fail(
     client: &Client,
-    id: i64,
+    report: &Report,
     error: &str,
     permanent: bool,
     retry_after: Option<Duration>,
@@ -49,8 +61,14 @@ pub async fn fail(
         .map(|after| after.as_secs_f64());
     execute(
         client,
-        "SELECT tally.fail_usage_report($1, $2, $3, make_interval(secs => $4))",
-        &[&id, &error, &permanent, &retry_after],
+        "SELECT tally.fail_usage_report($1, $2::text::uuid, $3, $4, make_interval(secs => $5))",
+        &[
+            &report.id,
+            &report.lease_token,
+            &error,
+            &permanent,
+            &retry_after,
+        ],
     )
     .await?;
     Ok(())
@@ -89,6 +107,9 @@ pub struct FailedReport {
     pub metric: String,
     pub units: i64,
     pub attempts: i32,
+    /// Claims ever made of it, requeues included.
+    pub sends: i32,
+    pub first_claimed_at: Option<DateTime<Utc>>,
     pub failed_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
 }
@@ -97,7 +118,7 @@ pub struct FailedReport {
 pub async fn failed(client: &Client, limit: i64) -> Result<Vec<FailedReport>, Error> {
     let rows = query(
         client,
-        "SELECT id, tenant_id, metric, units, attempts, failed_at, last_error
+        "SELECT id, tenant_id, metric, units, attempts, failed_at, last_error, sends, first_claimed_at
                FROM tally.usage_reports WHERE status = 'failed'
               ORDER BY failed_at DESC, id DESC LIMIT $1",
         &[&limit],
@@ -113,16 +134,24 @@ pub async fn failed(client: &Client, limit: i64) -> Result<Vec<FailedReport>, Er
             attempts: row.get(4),
             failed_at: row.get(5),
             last_error: row.get(6),
+            sends: row.get(7),
+            first_claimed_at: row.get(8),
         })
         .collect())
 }
 
-/// Put failed reports back in the queue: these ids, or all of them.
-pub async fn requeue(client: &Client, ids: Option<&[i64]>) -> Result<i64, Error> {
+/// Put failed reports back in the queue: these ids, or all of them. Unless
+/// `allow_resend_after_24h`, refused (`usage reports may be billed twice`)
+/// when one of them was first claimed 24 hours or more ago.
+pub async fn requeue(
+    client: &Client,
+    ids: Option<&[i64]>,
+    allow_resend_after_24h: bool,
+) -> Result<i64, Error> {
     let row = query_one(
         client,
-        "SELECT tally.requeue_failed_usage_reports($1)",
-        &[&ids],
+        "SELECT tally.requeue_failed_usage_reports($1, $2)",
+        &[&ids, &allow_resend_after_24h],
     )
     .await?;
     Ok(row.get(0))

@@ -6,9 +6,15 @@
 //! Stripe's error code and message, and `Retry-After`.
 //!
 //! Each report keeps one `identifier` for all its attempts (Stripe counts a
-//! meter event once per identifier), while each attempt has an idempotency
-//! key of its own: Stripe v1 replays the saved response of a key, 500s
-//! included, so reusing one key would repeat a server error for a day.
+//! meter event once per identifier), while each send has an idempotency
+//! key of its own, `<identifier>:s<sends>` from the report's send count,
+//! which the queue never resets: Stripe v1 replays the saved response of a
+//! key, errors included, so reusing one key would repeat an error for a day
+//! (a report requeued after its customer was fixed would fail again).
+//!
+//! What Stripe says is bounded before it is used: `Retry-After` (seconds or
+//! an HTTP date) counts for [`MAX_RETRY_AFTER`] at most, and at most
+//! [`MAX_BODY_BYTES`] of an answer are read.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,6 +29,49 @@ use stripe_client_core::{
 
 /// Stripe accepts meter events from the past 35 days.
 pub const MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::days(35);
+
+/// The longest `Retry-After` believed, an hour, which the SQL API
+/// applies to a `retry_after` too.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_millis(tally_rules::MAX_RETRY_AFTER_MS as u64);
+
+/// The most of an answer read from Stripe (its errors are a few hundred
+/// bytes); the rest is not read.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A `Retry-After` header: delay-seconds or an HTTP date (IMF-fixdate, as
+/// HTTP/1.1 sends it), as a wait from `now` of at most [`MAX_RETRY_AFTER`].
+/// Anything else is ignored.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    let wait = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits for a u64 is a very long wait, not garbage.
+        Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let at = DateTime::parse_from_rfc2822(value).ok()?;
+        (at.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// At most `limit` bytes of a response's body, and whether there was more
+/// (which is left unread).
+async fn read_at_most(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
 
 /// Why a send failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,14 +191,18 @@ impl MeterClient {
             .headers()
             .get("retry-after")
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = response
-            .bytes()
+            .and_then(|value| parse_retry_after(value, Utc::now()));
+        let (body, cut) = read_at_most(response, MAX_BODY_BYTES)
             .await
             .map_err(|error| SendError::Network(describe(&error)))?;
         if status.is_success() {
-            return Ok(body);
+            return Ok(Bytes::from(body));
+        }
+        if cut {
+            tracing::warn!(
+                status = status.as_u16(),
+                "Stripe's answer is longer than {MAX_BODY_BYTES} bytes: the rest was not read"
+            );
         }
         let error: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         Err(SendError::Stripe {
@@ -212,6 +265,10 @@ pub struct Report {
     pub stripe_customer_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub attempts: i32,
+    /// The claim's lease token: completing or failing the report takes it.
+    pub lease_token: String,
+    /// Claims of the report ever made, this one included; never reset.
+    pub sends: i32,
 }
 
 /// What to record for a report after trying to send it.
@@ -284,7 +341,7 @@ pub fn classify(result: &Result<(), SendError>) -> Verdict {
     }
 }
 
-/// The meter event for a report, and the idempotency key of this attempt.
+/// The meter event for a report, and the idempotency key of this send.
 pub fn meter_event(report: &Report, customer: &str) -> (CreateBillingMeterEvent, IdempotencyKey) {
     let payload = HashMap::from([
         ("stripe_customer_id".to_string(), customer.to_string()),
@@ -293,7 +350,9 @@ pub fn meter_event(report: &Report, customer: &str) -> (CreateBillingMeterEvent,
     let event = CreateBillingMeterEvent::new(report.event_name.as_str(), payload)
         .identifier(report.identifier.as_str())
         .timestamp(report.created_at.timestamp());
-    let key = IdempotencyKey::new(format!("{}:{}", report.identifier, report.attempts))
+    // `s` keeps these apart from the keys of tally 0.7.0 and older,
+    // `<identifier>:<attempt>`.
+    let key = IdempotencyKey::new(format!("{}:s{}", report.identifier, report.sends))
         .expect("an identifier and a number make a valid key");
     (event, key)
 }
@@ -345,6 +404,8 @@ mod tests {
             stripe_customer_id: Some("cus_acme".into()),
             created_at: Utc::now(),
             attempts: 2,
+            lease_token: "5d9e2f1c-0000-4000-8000-000000000001".into(),
+            sends: 4,
         }
     }
 
@@ -424,7 +485,7 @@ mod tests {
     }
 
     #[test]
-    fn the_identifier_is_stable_and_the_idempotency_key_is_per_attempt() {
+    fn the_identifier_is_stable_and_the_idempotency_key_is_per_send() {
         let (event, key) = meter_event(&report(), "cus_acme");
         let body = event.build().body.unwrap();
         for field in [
@@ -438,15 +499,46 @@ mod tests {
                 "{field} missing from {body}"
             );
         }
-        assert_eq!(key.as_str(), "0d6c0b9e-0000-4000-8000-000000000007:2");
+        assert_eq!(key.as_str(), "0d6c0b9e-0000-4000-8000-000000000007:s4");
+        // A requeued report starts its attempts again, never its sends.
         let (_, next) = meter_event(
             &Report {
-                attempts: 3,
+                attempts: 1,
+                sends: 5,
                 ..report()
             },
             "cus_acme",
         );
-        assert_ne!(key.as_str(), next.as_str());
+        assert_eq!(next.as_str(), "0d6c0b9e-0000-4000-8000-000000000007:s5");
+    }
+
+    #[test]
+    fn retry_after_is_bounded_and_garbage_is_ignored() {
+        let now = DateTime::parse_from_rfc3339("2026-12-03T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let cases = [
+            ("30", Some(Duration::from_secs(30))),
+            (" 0 ", Some(Duration::ZERO)),
+            ("3600", Some(MAX_RETRY_AFTER)),
+            ("3601", Some(MAX_RETRY_AFTER)),
+            ("18446744073709551615", Some(MAX_RETRY_AFTER)),
+            ("99999999999999999999999999", Some(MAX_RETRY_AFTER)),
+            (
+                "Thu, 03 Dec 2026 12:02:00 GMT",
+                Some(Duration::from_secs(120)),
+            ),
+            ("Tue, 01 Jan 2126 00:00:00 GMT", Some(MAX_RETRY_AFTER)),
+            // A date gone by: retry now.
+            ("Thu, 03 Dec 2026 11:00:00 GMT", Some(Duration::ZERO)),
+            ("-5", None),
+            ("1.5", None),
+            ("soon", None),
+            ("", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(parse_retry_after(value, now), expected, "{value:?}");
+        }
     }
 
     #[test]

@@ -172,13 +172,13 @@ mod tests {
         billed_fixture();
         check("'acme', 'messages'");
         let id = claim(1, "1 minute")[0];
-        run(&format!("SELECT tally.complete_usage_report({id})"));
+        run(&format!("SELECT tally.complete_usage_report(id, lease_token) FROM tally.usage_reports WHERE id = {id}"));
         let completed_at = value::<String>(&format!(
             "SELECT completed_at::text FROM tally.usage_reports WHERE id = {id}"
         ));
-        run(&format!("SELECT tally.complete_usage_report({id})"));
+        run(&format!("SELECT tally.complete_usage_report(id, lease_token) FROM tally.usage_reports WHERE id = {id}"));
         run(&format!(
-            "SELECT tally.fail_usage_report({id}, 'late failure', true)"
+            "SELECT tally.fail_usage_report(id, lease_token, 'late failure', true) FROM tally.usage_reports WHERE id = {id}"
         ));
         assert_eq!(status(id), "completed/1");
         assert_eq!(
@@ -198,7 +198,7 @@ mod tests {
         for attempt in 1..=5 {
             let id = claim(1, "1 minute")[0];
             run(&format!(
-                "SELECT tally.fail_usage_report({id}, 'stripe answered 503')"
+                "SELECT tally.fail_usage_report(id, lease_token, 'stripe answered 503') FROM tally.usage_reports WHERE id = {id}"
             ));
             assert_eq!(status(id), format!("pending/{attempt}"));
             delays.push(delay(id));
@@ -231,14 +231,14 @@ mod tests {
         check("'acme', 'messages', 1");
         check("'acme', 'messages', 2");
         let ids = claim(1, "1 minute");
-        run(&format!("SELECT tally.fail_usage_report({}, 'resource_missing: no such customer', permanent => true)", ids[0]));
+        run(&format!("SELECT tally.fail_usage_report(id, lease_token, 'resource_missing: no such customer', permanent => true) FROM tally.usage_reports WHERE id = {}", ids[0]));
         assert_eq!(status(ids[0]), "failed/1");
         time_passes();
         let next = claim(10, "1 minute");
         assert_eq!(next.len(), 1);
         assert_ne!(next[0], ids[0]);
         // A late success still counts.
-        run(&format!("SELECT tally.complete_usage_report({})", ids[0]));
+        run(&format!("SELECT tally.complete_usage_report(id, lease_token) FROM tally.usage_reports WHERE id = {}", ids[0]));
         assert_eq!(status(ids[0]), "completed/1");
     }
 
@@ -249,7 +249,7 @@ mod tests {
         check("'acme', 'messages'");
         for _ in 0..3 {
             let id = claim(1, "1 minute")[0];
-            run(&format!("SELECT tally.fail_usage_report({id}, 'timeout')"));
+            run(&format!("SELECT tally.fail_usage_report(id, lease_token, 'timeout') FROM tally.usage_reports WHERE id = {id}"));
             time_passes();
         }
         assert_eq!(
@@ -310,22 +310,42 @@ mod tests {
             "lease must be a positive interval",
         );
         assert_fails(
-            "SELECT tally.complete_usage_report(424242)",
+            "SELECT * FROM tally.claim_usage_reports(10, '61 minutes')",
+            "22023",
+            "lease must be at most 01:00:00",
+        );
+        assert_fails(
+            "SELECT * FROM tally.claim_usage_reports(10, '1 day')",
+            "22023",
+            "lease must be at most 01:00:00",
+        );
+        assert_fails(
+            "SELECT tally.complete_usage_report(1, NULL)",
+            "22004",
+            "lease_token must not be null",
+        );
+        assert_fails(
+            "SELECT tally.fail_usage_report(1, NULL, 'x')",
+            "22004",
+            "lease_token must not be null",
+        );
+        assert_fails(
+            "SELECT tally.complete_usage_report(424242, gen_random_uuid())",
             "P0002",
             "usage report not found",
         );
         assert_fails(
-            "SELECT tally.complete_usage_report(NULL)",
+            "SELECT tally.complete_usage_report(NULL, gen_random_uuid())",
             "22004",
             "id must not be null",
         );
         assert_fails(
-            "SELECT tally.fail_usage_report(424242, 'x')",
+            "SELECT tally.fail_usage_report(424242, gen_random_uuid(), 'x')",
             "P0002",
             "usage report not found",
         );
         assert_fails(
-            "SELECT tally.fail_usage_report(1, NULL)",
+            "SELECT tally.fail_usage_report(1, gen_random_uuid(), NULL)",
             "22004",
             "error must not be null",
         );
@@ -346,7 +366,7 @@ mod tests {
             "tenant has unsent usage",
         );
         let id = claim(1, "1 minute")[0];
-        run(&format!("SELECT tally.complete_usage_report({id})"));
+        run(&format!("SELECT tally.complete_usage_report(id, lease_token) FROM tally.usage_reports WHERE id = {id}"));
         run("DELETE FROM tally.tenants WHERE tenant_id = 'acme'");
         assert_eq!(
             value::<i64>("SELECT count(*) FROM tally.usage_reports"),
@@ -360,9 +380,9 @@ mod tests {
         check("'acme', 'messages'");
         check("'acme', 'messages'");
         let ids = claim(2, "1 minute");
-        run(&format!("SELECT tally.complete_usage_report({})", ids[0]));
+        run(&format!("SELECT tally.complete_usage_report(id, lease_token) FROM tally.usage_reports WHERE id = {}", ids[0]));
         run(&format!(
-            "SELECT tally.fail_usage_report({}, 'bad request', true)",
+            "SELECT tally.fail_usage_report(id, lease_token, 'bad request', true) FROM tally.usage_reports WHERE id = {}",
             ids[1]
         ));
         run("UPDATE tally.usage_reports SET completed_at = now() - interval '31 days', failed_at = now() - interval '31 days'");
@@ -379,18 +399,18 @@ mod tests {
         check("'acme', 'messages'");
         let id = claim(1, "1 minute")[0];
         run(&format!(
-            "SELECT tally.fail_usage_report({id}, '429 rate_limit', retry_after => '2 minutes')"
+            "SELECT tally.fail_usage_report(id, lease_token, '429 rate_limit', retry_after => '2 minutes') FROM tally.usage_reports WHERE id = {id}"
         ));
         assert!((119.0..=121.0).contains(&delay(id)), "{}", delay(id));
         time_passes();
         let id = claim(1, "1 minute")[0];
         // Shorter than the backoff (20 s for a second attempt): the backoff wins.
         run(&format!(
-            "SELECT tally.fail_usage_report({id}, '429 rate_limit', retry_after => '1 second')"
+            "SELECT tally.fail_usage_report(id, lease_token, '429 rate_limit', retry_after => '1 second') FROM tally.usage_reports WHERE id = {id}"
         ));
         assert!((19.0..=26.0).contains(&delay(id)), "{}", delay(id));
         assert_fails(
-            &format!("SELECT tally.fail_usage_report({id}, 'x', retry_after => '-1 second')"),
+            &format!("SELECT tally.fail_usage_report(id, lease_token, 'x', retry_after => '-1 second') FROM tally.usage_reports WHERE id = {id}"),
             "22023",
             "retry_after must be a positive interval",
         );
@@ -405,7 +425,7 @@ mod tests {
         let ids = claim(3, "1 minute");
         for id in &ids {
             run(&format!(
-                "SELECT tally.fail_usage_report({id}, 'resource_missing', true)"
+                "SELECT tally.fail_usage_report(id, lease_token, 'resource_missing', true) FROM tally.usage_reports WHERE id = {id}"
             ));
         }
         assert_eq!(
@@ -433,6 +453,169 @@ mod tests {
             "SELECT tally.requeue_failed_usage_reports(ARRAY[987654])",
             "P0002",
             "usage report not found",
+        );
+    }
+
+    /// The token of a report's latest claim, as SQL text.
+    fn token(id: i64) -> String {
+        value::<String>(&format!(
+            "SELECT lease_token::text FROM tally.usage_reports WHERE id = {id}"
+        ))
+        .unwrap_or_else(|| panic!("report {id} was never claimed"))
+    }
+
+    #[pg_test]
+    fn a_lapsed_lease_cannot_settle_a_report_claimed_again() {
+        billed_fixture();
+        check("'acme', 'messages'");
+        let id = claim(1, "1 minute")[0];
+        let stale = token(id);
+        run(&format!(
+            "UPDATE tally.usage_reports SET lease_until = now() WHERE id = {id}"
+        ));
+        assert_eq!(claim(1, "1 minute"), vec![id]);
+        let current = token(id);
+        assert_ne!(stale, current);
+        // The first worker's lease lapsed: it settles nothing.
+        assert_fails(
+            &format!("SELECT tally.complete_usage_report({id}, '{stale}')"),
+            "55000",
+            "usage report lease lost",
+        );
+        assert_fails(
+            &format!("SELECT tally.fail_usage_report({id}, '{stale}', 'timeout')"),
+            "55000",
+            "usage report lease lost",
+        );
+        assert_fails(
+            &format!("SELECT tally.fail_usage_report({id}, gen_random_uuid(), 'x', true)"),
+            "55000",
+            "usage report lease lost",
+        );
+        assert_eq!(status(id), "pending/2");
+        run(&format!(
+            "SELECT tally.complete_usage_report({id}, '{current}')"
+        ));
+        assert_eq!(status(id), "completed/2");
+        // Completing a completed report changes nothing, whoever asks.
+        run(&format!(
+            "SELECT tally.complete_usage_report({id}, '{stale}')"
+        ));
+        assert_eq!(status(id), "completed/2");
+    }
+
+    #[pg_test]
+    fn a_lease_that_lapsed_unclaimed_still_settles() {
+        billed_fixture();
+        check("'acme', 'messages'");
+        let id = claim(1, "1 minute")[0];
+        let mine = token(id);
+        run(&format!(
+            "UPDATE tally.usage_reports SET lease_until = now() - interval '1 second' WHERE id = {id}"
+        ));
+        // Nobody claimed it since: the slow worker's answer still counts.
+        run(&format!(
+            "SELECT tally.complete_usage_report({id}, '{mine}')"
+        ));
+        assert_eq!(status(id), "completed/1");
+    }
+
+    #[pg_test]
+    fn each_claim_counts_a_send_that_requeueing_keeps() {
+        billed_fixture();
+        check("'acme', 'messages'");
+        let sends = |id: i64| {
+            value::<i32>(&format!(
+                "SELECT sends FROM tally.usage_reports WHERE id = {id}"
+            ))
+            .unwrap()
+        };
+        let claimed_sends =
+            value::<i32>("SELECT sends FROM tally.claim_usage_reports(1, '1 minute')");
+        assert_eq!(claimed_sends, Some(1));
+        let id = value::<i64>("SELECT id FROM tally.usage_reports").unwrap();
+        let first = token(id);
+        run(&format!(
+            "SELECT tally.fail_usage_report({id}, '{first}', 'resource_missing', true)"
+        ));
+        run(&format!(
+            "SELECT tally.requeue_failed_usage_reports(ARRAY[{id}])"
+        ));
+        assert_eq!((status(id), sends(id)), ("pending/0".to_string(), 1));
+        assert_eq!(claim(1, "1 minute"), vec![id]);
+        assert_eq!((status(id), sends(id)), ("pending/1".to_string(), 2));
+        assert_ne!(token(id), first);
+    }
+
+    #[pg_test]
+    fn a_retry_after_counts_up_to_an_hour() {
+        billed_fixture();
+        run("SET LOCAL tally.report_backoff_max = '1s'");
+        check("'acme', 'messages'");
+        for huge in ["100 years", "1000000 years"] {
+            let id = claim(1, "1 minute")[0];
+            run(&format!(
+                "SELECT tally.fail_usage_report(id, lease_token, '429', retry_after => '{huge}') FROM tally.usage_reports WHERE id = {id}"
+            ));
+            // An hour, whatever the backoff's cap.
+            assert!(
+                (3_599.0..=3_601.0).contains(&delay(id)),
+                "{huge}: {}",
+                delay(id)
+            );
+            time_passes();
+        }
+    }
+
+    #[pg_test]
+    fn requeueing_a_report_first_claimed_a_day_ago_takes_an_explicit_decision() {
+        billed_fixture();
+        check("'acme', 'messages'");
+        check("'acme', 'messages'");
+        let ids = claim(2, "1 minute");
+        for id in &ids {
+            run(&format!(
+                "SELECT tally.fail_usage_report(id, lease_token, 'resource_missing', true) FROM tally.usage_reports WHERE id = {id}"
+            ));
+        }
+        run(&format!(
+            "UPDATE tally.usage_reports SET first_claimed_at = now() - interval '25 hours' WHERE id = {}",
+            ids[1]
+        ));
+        for sql in [
+            format!(
+                "SELECT tally.requeue_failed_usage_reports(ARRAY[{}])",
+                ids[1]
+            ),
+            "SELECT tally.requeue_failed_usage_reports()".to_string(),
+        ] {
+            assert_fails(&sql, "55000", "usage reports may be billed twice");
+            let (_, _, detail, _) = error_of(&sql).unwrap();
+            assert!(
+                detail.starts_with(&format!("usage report {} was first claimed", ids[1])),
+                "{detail}"
+            );
+        }
+        // A report first claimed within the day goes back as before.
+        assert_eq!(
+            value::<i64>(&format!(
+                "SELECT tally.requeue_failed_usage_reports(ARRAY[{}])",
+                ids[0]
+            )),
+            Some(1)
+        );
+        assert_eq!(
+            value::<i64>(&format!(
+                "SELECT tally.requeue_failed_usage_reports(ARRAY[{}], allow_resend_after_24h => true)",
+                ids[1]
+            )),
+            Some(1)
+        );
+        assert_eq!(status(ids[1]), "pending/0");
+        assert_fails(
+            "SELECT tally.requeue_failed_usage_reports(NULL, NULL)",
+            "22004",
+            "allow_resend_after_24h must not be null",
         );
     }
 }

@@ -46,6 +46,7 @@ async fn main() {
         dropped: args.dropped,
         delay: Duration::from_millis(args.delay_ms),
         unknown_customers: args.unknown_customer.into_iter().collect::<HashSet<_>>(),
+        ..Faults::default()
     };
     let fake = FakeStripe::start_on(args.listen, &args.secret_key, faults, args.seed).await;
     eprintln!("fake Stripe listening on {}", fake.base_url);
