@@ -32,7 +32,8 @@ BEGIN
     FOR grant_to IN
         SELECT * FROM (VALUES
             ('tally_app', ARRAY['check_and_increment_usage', 'decrement_usage', 'usage_summary',
-                                'validate_plan_change']),
+                                'validate_plan_change',
+                                'release_usage', 'tenant_standing']),
             ('tally_daemon', ARRAY['change_plan', 'reset_usage', 'start_period', 'set_tenant_status',
                                    'link_provider_customer', 'attempt_event_lock',
                                    'accept_subscription_event', 'tenant_for_api_key',

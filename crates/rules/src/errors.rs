@@ -103,6 +103,9 @@ pub mod message {
     pub const UNITS_NOT_POSITIVE: &str = "units must be positive";
     pub const KEY_TOO_LONG: &str = "idempotency_key is too long";
     pub const RESETS_CONSUMABLES_ONLY: &str = "reset_usage resets consumables only";
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency key reused with other arguments";
+    pub const RELEASES_ALLOCATIONS_ONLY: &str = "release_usage releases allocations only";
+    pub const RELEASE_EXCEEDS_USED: &str = "release exceeds the units in use";
     pub const INTERNAL: &str = "tally internal error";
 }
 
@@ -200,6 +203,32 @@ pub fn idempotency_key_too_long(bytes: usize, max: usize) -> Failure {
     Failure::new(InvalidParameterValue, message::KEY_TOO_LONG)
         .detail(format!("{bytes} bytes, at most {max}"))
         .hint("use a shorter key, such as a UUID or a hash of the request")
+}
+
+/// An idempotency key sent again with other arguments: `differences` says
+/// what changed.
+pub fn idempotency_key_reused(key: &str, differences: &str) -> Failure {
+    Failure::new(InvalidParameterValue, message::IDEMPOTENCY_KEY_REUSED)
+        .detail(format!("idempotency key {}: {differences}", quoted(key)))
+        .hint("send a new key for each logical request; repeat a key only with the same arguments")
+}
+
+/// A release (a tenant giving units back) of a consumable.
+pub fn releases_allocations_only(metric: &str, kind: &str) -> Failure {
+    Failure::new(InvalidParameterValue, message::RELEASES_ALLOCATIONS_ONLY)
+        .detail(format!("metric {} is a {kind}", quoted(metric)))
+        .hint("consumed units cannot be given back; an operator corrects a count with tally.sync_usage")
+}
+
+/// A release of more units than the tenant holds.
+pub fn release_exceeds_used(tenant_id: &str, metric: &str, used: i64, units: i64) -> Failure {
+    Failure::new(ObjectNotInPrerequisiteState, message::RELEASE_EXCEEDS_USED)
+        .detail(format!(
+            "tenant {} uses {used} of metric {}, the release gives back {units}",
+            quoted(tenant_id),
+            quoted(metric)
+        ))
+        .hint(format!("give back at most {used}"))
 }
 
 pub fn negative_count(name: &str, count: i64) -> Failure {
