@@ -3,6 +3,7 @@
 //! [`WorkerConfig`], and a shutdown on SIGTERM or ctrl-c.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::builder::BoolishValueParser;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::format::{parse_span, Span};
 use super::secrets;
+use crate::http::Timeouts;
 use crate::signature::Secrets;
 use crate::telemetry::{self, LogFormat};
 use crate::worker::stripe::MeterClient;
@@ -42,6 +44,61 @@ pub struct ServeArgs {
     pub allow_superuser: bool,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+    /// Also serve /metrics, /readyz and /healthz on this address (an admin
+    /// port kept off the public network); /metrics then leaves --listen.
+    #[arg(long, env = "TALLY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// How long each stage of a request may wait. Their defaults are
+/// [`Timeouts::DEFAULT`].
+#[derive(Debug, Args)]
+pub struct TimeoutArgs {
+    /// Time for a request's headers to arrive (the connection is closed after).
+    #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value_t = Span(Timeouts::DEFAULT.header_read), value_parser = parse_span)]
+    pub header_timeout: Span,
+    /// Time for a request's body to arrive (408 after).
+    #[arg(long, env = "TALLY_BODY_TIMEOUT", default_value_t = Span(Timeouts::DEFAULT.body_read), value_parser = parse_span)]
+    pub body_timeout: Span,
+    /// Time for a whole request (503 with Retry-After after).
+    #[arg(long, env = "TALLY_REQUEST_TIMEOUT", default_value_t = Span(Timeouts::DEFAULT.request), value_parser = parse_span)]
+    pub request_timeout: Span,
+    /// Wait for a free database connection (503 with Retry-After after).
+    #[arg(long, env = "TALLY_POOL_TIMEOUT", default_value_t = Span(Timeouts::DEFAULT.pool_wait), value_parser = parse_span)]
+    pub pool_timeout: Span,
+    /// Postgres statement_timeout on the server's connections.
+    #[arg(long, env = "TALLY_STATEMENT_TIMEOUT", default_value_t = Span(Timeouts::DEFAULT.statement), value_parser = parse_span)]
+    pub statement_timeout: Span,
+    /// Postgres lock_timeout on the server's connections (503 with Retry-After after).
+    #[arg(long, env = "TALLY_LOCK_TIMEOUT", default_value_t = Span(Timeouts::DEFAULT.lock), value_parser = parse_span)]
+    pub lock_timeout: Span,
+}
+
+impl TimeoutArgs {
+    fn timeouts(&self) -> Result<Timeouts> {
+        let timeouts = Timeouts {
+            header_read: self.header_timeout.0,
+            body_read: self.body_timeout.0,
+            request: self.request_timeout.0,
+            pool_wait: self.pool_timeout.0,
+            statement: self.statement_timeout.0,
+            lock: self.lock_timeout.0,
+        };
+        let all = [
+            timeouts.header_read,
+            timeouts.body_read,
+            timeouts.request,
+            timeouts.pool_wait,
+            timeouts.statement,
+            timeouts.lock,
+        ];
+        if all.iter().any(Duration::is_zero) {
+            bail!("timeouts must be positive");
+        }
+        Ok(timeouts)
+    }
 }
 
 /// The worker's flags. Their defaults are [`WorkerConfig::DEFAULT`], so a
@@ -129,6 +186,7 @@ pub(super) async fn serve(url: &str, args: ServeArgs) -> Result<()> {
         paddle_webhook_secrets: secret(secrets::PADDLE_WEBHOOK_SECRET)?,
         max_body_bytes: args.max_body_bytes,
         allow_superuser: args.allow_superuser,
+        timeouts: args.timeouts.timeouts()?,
         worker: if args.no_worker {
             None
         } else {
@@ -145,9 +203,17 @@ pub(super) async fn serve(url: &str, args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    let admin = match args.admin_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening on {address} (admin)"))?,
+        ),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    crate::run(config, listener, shutdown).await
+    crate::run_with_admin(config, listener, admin, shutdown).await
 }
 
 /// `tallyd worker`.

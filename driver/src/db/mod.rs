@@ -55,6 +55,51 @@ pub fn pool(url: &str, size: usize, allow_superuser: bool) -> Result<Pool> {
     builder.build().context("building the database pool")
 }
 
+/// How long a server connection may wait: for a connection from the pool,
+/// for one statement, and for one lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waits {
+    /// For a connection from the pool (and for making a new one).
+    pub pool: std::time::Duration,
+    /// Postgres's `statement_timeout` on every connection.
+    pub statement: std::time::Duration,
+    /// Postgres's `lock_timeout` on every connection.
+    pub lock: std::time::Duration,
+}
+
+/// A pool like [`pool`] whose every wait is bounded by `waits`: a caller
+/// waits at most `waits.pool` for a connection, and each connection runs
+/// with `statement_timeout` and `lock_timeout` set at startup (after any the
+/// URL's `options` set).
+pub fn bounded_pool(url: &str, size: usize, allow_superuser: bool, waits: Waits) -> Result<Pool> {
+    let (mut config, tls) = tls::parse(url)?;
+    let options = format!(
+        "{} -c statement_timeout={} -c lock_timeout={}",
+        config.get_options().unwrap_or_default(),
+        waits.statement.as_millis(),
+        waits.lock.as_millis()
+    );
+    config.options(options.trim_start());
+    config.connect_timeout(waits.pool.max(std::time::Duration::from_secs(1)));
+    let manager = Manager::from_config(
+        config,
+        tls::connector(&tls)?,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let mut builder = Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(waits.pool))
+        .create_timeout(Some(waits.pool.max(std::time::Duration::from_secs(1))))
+        .recycle_timeout(Some(waits.pool));
+    if !allow_superuser {
+        builder = builder.post_create(roles::refuse_superuser_hook());
+    }
+    builder.build().context("building the database pool")
+}
+
 /// The installed extension's version, if it is installed.
 pub async fn extension_version(client: &tokio_postgres::Client) -> Result<Option<String>, Error> {
     let row = client
