@@ -259,7 +259,7 @@ async fn check_load(server: &Server, keys: &[String], clients: usize, seconds: u
 async fn load_other_tenants_under_slow_clients_and_a_locked_counter() {
     const TENANTS: usize = 20;
     const CLIENTS: usize = 16;
-    const SECONDS: u64 = 10;
+    const SECONDS: u64 = 8;
     let db = TestDb::create();
     let client = db.connect_async().await;
     let mut keys = Vec::new();

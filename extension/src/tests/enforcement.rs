@@ -218,7 +218,11 @@ mod tests {
     #[pg_test]
     fn a_release_gives_back_held_allocations_once_per_key() {
         fixture();
-        check("'acme', 'chatbots', 4");
+        Spi::run("UPDATE tally.tenants SET plan_id = 'growth'").unwrap();
+        assert_eq!(
+            check("'acme', 'chatbots', 4"),
+            allowed(4, Some(10), Some(6))
+        );
         let release = |args: &str| value::<i64>(&format!("SELECT tally.release_usage({args})"));
         assert_eq!(release("'acme', 'chatbots', 1, 'r-1'"), Some(3));
         assert_eq!(release("'acme', 'chatbots', 1, 'r-1'"), Some(3));
