@@ -41,6 +41,8 @@ pub struct Config {
     pub billing: db::events::BillingConfig,
     /// The usage-report worker, if this server runs one.
     pub worker: Option<(worker::stripe::MeterClient, worker::WorkerConfig)>,
+    /// How long each stage of a request, and each database wait, may take.
+    pub timeouts: http::Timeouts,
 }
 
 impl std::fmt::Debug for Config {
@@ -53,6 +55,7 @@ impl std::fmt::Debug for Config {
             .field("allow_superuser", &self.allow_superuser)
             .field("billing", &self.billing)
             .field("worker", &self.worker)
+            .field("timeouts", &self.timeouts)
             .finish_non_exhaustive()
     }
 }
@@ -62,10 +65,23 @@ impl std::fmt::Debug for Config {
 /// flight and return. A superuser connection is refused unless
 /// `allow_superuser`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
-    let pool = db::pool(
+    run_with_admin(config, listener, None, shutdown).await
+}
+
+/// [`run`], with `/metrics`, `/readyz` and `/healthz` also on an admin
+/// listener when one is given; `/metrics` then leaves the main listener.
+pub async fn run_with_admin(
+    config: Config,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let timeouts = config.timeouts;
+    let pool = db::bounded_pool(
         &config.database_url,
         config.pool_size,
         config.allow_superuser,
+        timeouts.waits(),
     )?;
     db::refuse_superuser(&pool, config.allow_superuser).await?;
     let metrics = Arc::new(metrics::Metrics::new());
@@ -75,6 +91,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         paddle_secrets: config.paddle_webhook_secrets,
         metrics: metrics.clone(),
         billing: config.billing,
+        timeouts,
+        tenant_slots: http::TenantSlots::for_pool(config.pool_size),
     };
     // The worker has a pool of its own: slow requests cannot starve it.
     let worker = match config.worker {
@@ -95,17 +113,34 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         }
         None => None,
     };
-    let app = http::router(state, config.max_body_bytes);
+    let endpoints = match admin {
+        Some(_) => http::Endpoints::Public,
+        None => http::Endpoints::All,
+    };
+    let app = http::router_for(state.clone(), config.max_body_bytes, endpoints);
     tracing::info!(address = %listener.local_addr()?, "tallyd listening");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let admin = match admin {
+        Some(admin) => {
+            tracing::info!(address = %admin.local_addr()?, "tallyd admin endpoints listening");
+            let app = http::router_for(state, config.max_body_bytes, http::Endpoints::Admin);
+            Some(tokio::spawn(http::serve(
+                admin,
+                app,
+                timeouts.header_read,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    http::serve(listener, app, timeouts.header_read, shutdown.clone()).await;
     // The server only stops on shutdown; make sure the worker hears it too.
     shutdown.cancel();
+    if let Some(admin) = admin {
+        admin.await?;
+    }
     if let Some(worker) = worker {
         worker.await??;
     }
-    served?;
     tracing::info!("tallyd stopped");
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! Enforcement: `check_and_increment_usage`, `decrement_usage` and
-//! `usage_summary`.
+//! Enforcement: `check_and_increment_usage`, `decrement_usage`,
+//! `release_usage` and `usage_summary`.
 //!
 //! Each counter row carries a copy of its limit, so an increment that fits is
 //! one single-row `UPDATE`: the row lock is taken by the write itself and,
@@ -23,7 +23,10 @@ use pgrx::AllocatedByRust;
 use crate::args;
 use crate::composite;
 use crate::errors::{self, OrRaise, Raise};
-use crate::rules::{self, Counter, Kind, Limit, Micros, Outcome, Period, Reason};
+use crate::rules::{
+    self, Counter, KeyedCall, Kind, Limit, Micros, Operation, Outcome, Period, Reason,
+    ReleaseRefusal,
+};
 use crate::spi::{self, Statement, BOOL, INT8, TEXT, TIMESTAMPTZ};
 
 const USAGE_CHECK: &str = "tally.usage_check";
@@ -130,15 +133,17 @@ static WRITE_COUNT: Statement = Statement {
 /// the key's unique index until the first call's transaction ends: then it
 /// reads the stored result, or (if the first rolled back) claims the key.
 static CLAIM_KEY: Statement = Statement {
-    sql: "INSERT INTO tally.idempotency_keys (tenant_id, idempotency_key, metric, units)
-          SELECT tenant_id, $2, $3, $4 FROM tally.tenants WHERE tenant_id = $1
+    sql: "INSERT INTO tally.idempotency_keys (tenant_id, idempotency_key, metric, units, operation)
+          SELECT tenant_id, $2, $3, $4, $5 FROM tally.tenants WHERE tenant_id = $1
               ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
        RETURNING true",
-    params: &[TEXT, TEXT, TEXT, INT8],
+    params: &[TEXT, TEXT, TEXT, INT8, TEXT],
 };
 
+/// The first call's arguments and result, for a repeat of its key.
 static STORED_RESULT: Statement = Statement {
-    sql: "SELECT allowed, used, max_units, remaining, reason FROM tally.idempotency_keys
+    sql: "SELECT allowed, used, max_units, remaining, reason, operation, metric, units
+            FROM tally.idempotency_keys
            WHERE tenant_id = $1 AND idempotency_key = $2",
     params: &[TEXT, TEXT],
 };
@@ -406,8 +411,48 @@ fn increment(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, units: i
     change.result
 }
 
-fn stored_outcome(client: &mut SpiClient<'_>, tenant_id: &str, key: &str) -> Option<Outcome> {
+/// Claim `key` for `call`: true when this call is its first. A key claimed
+/// before gets false, after checking it was claimed for the same call (the
+/// same operation, metric and units; another is refused with 22023).
+fn claim_key(client: &mut SpiClient<'_>, tenant_id: &str, key: &str, call: KeyedCall<'_>) -> bool {
+    let claim: [DatumWithOid; 5] = [
+        tenant_id.into(),
+        key.into(),
+        call.metric.into(),
+        call.units.into(),
+        call.operation.as_str().into(),
+    ];
+    spi::first_row(client, &CLAIM_KEY, &claim).is_some()
+}
+
+/// The stored result of a key's first call, once `call` is known to repeat
+/// it; none when nothing is stored (the tenant does not exist).
+fn stored_result<'conn>(
+    client: &mut SpiClient<'conn>,
+    tenant_id: &str,
+    key: &str,
+    call: KeyedCall<'_>,
+) -> Option<SpiHeapTupleData<'conn>> {
     let row = spi::first_row(client, &STORED_RESULT, &[tenant_id.into(), key.into()])?;
+    let operation: String = spi::get(&row, 6).unwrap_or_default();
+    let metric: String = spi::get(&row, 7).unwrap_or_default();
+    let first = KeyedCall {
+        operation: Operation::parse(&operation)
+            .unwrap_or_else(|| spi::bug(format!("idempotency key with operation {operation}"))),
+        metric: &metric,
+        units: spi::get(&row, 8).unwrap_or(0),
+    };
+    rules::same_call(key, first, call).or_raise();
+    Some(row)
+}
+
+fn stored_outcome(
+    client: &mut SpiClient<'_>,
+    tenant_id: &str,
+    key: &str,
+    call: KeyedCall<'_>,
+) -> Option<Outcome> {
+    let row = stored_result(client, tenant_id, key, call)?;
     let reason = spi::get::<String>(&row, 5).map(|reason| match reason.as_str() {
         "not_in_plan" => Reason::NotInPlan,
         _ => Reason::LimitExceeded,
@@ -436,7 +481,8 @@ fn usage_check(outcome: Outcome) -> PgHeapTuple<'static, AllocatedByRust> {
 
 /// Count `units` of `metric` for `tenant_id` if they fit in the tenant's
 /// plan, all or nothing. Over the limit is an answer (`allowed = false`), not
-/// an error. With an `idempotency_key`, a repeat returns the first result.
+/// an error. With an `idempotency_key`, a repeat returns the first result;
+/// the same key with another metric or other units is refused (22023).
 #[pg_extern(security_definer, requires = ["counters"])]
 fn check_and_increment_usage(
     tenant_id: Option<&str>,
@@ -454,10 +500,13 @@ fn check_and_increment_usage(
             let Some(key) = key else {
                 return increment(client, tenant_id, metric, units);
             };
-            let claim: [DatumWithOid; 4] =
-                [tenant_id.into(), key.into(), metric.into(), units.into()];
-            if spi::first_row(client, &CLAIM_KEY, &claim).is_none() {
-                if let Some(first) = stored_outcome(client, tenant_id, key) {
+            let call = KeyedCall {
+                operation: Operation::Check,
+                metric,
+                units,
+            };
+            if !claim_key(client, tenant_id, key, call) {
+                if let Some(first) = stored_outcome(client, tenant_id, key, call) {
                     return first;
                 }
                 // Nothing claimed and nothing stored: the tenant does not exist,
@@ -506,6 +555,75 @@ fn decrement_usage(
             }
             change.result
         })
+    })
+}
+
+/// Give back `units` of an allocation the tenant holds (a chatbot deleted),
+/// once per `idempotency_key`: the API's decrement. All or nothing: a
+/// consumable (22023) or more units than are in use (55000) are refused and
+/// change nothing. A repeat of the key returns the first result; the key
+/// with other arguments, or one used for a check, is refused (22023).
+/// Returns the new count. `decrement_usage` remains for an application's own
+/// corrections.
+#[pg_extern(security_definer, requires = ["counters"])]
+#[search_path(pg_catalog, pg_temp)]
+fn release_usage(
+    tenant_id: Option<&str>,
+    metric: Option<&str>,
+    units: Option<i64>,
+    idempotency_key: Option<&str>,
+) -> i64 {
+    let tenant_id = args::id("tenant_id", tenant_id).or_raise();
+    let metric = args::id("metric", metric).or_raise();
+    let units = args::units(units).or_raise();
+    let key = args::idempotency_key(idempotency_key)
+        .or_raise()
+        .unwrap_or_else(|| errors::null_argument("idempotency_key").raise());
+
+    Spi::connect_mut(|client| {
+        let call = KeyedCall {
+            operation: Operation::Release,
+            metric,
+            units,
+        };
+        if !claim_key(client, tenant_id, key, call) {
+            if let Some(row) = stored_result(client, tenant_id, key, call) {
+                return spi::get(&row, 2)
+                    .unwrap_or_else(|| spi::bug("release key without a result".into()));
+            }
+            // Nothing claimed and nothing stored: the tenant does not exist,
+            // which loading it reports.
+        }
+        let stored = lock_count(client, tenant_id, metric);
+        let context = load_context(client, tenant_id, metric);
+        let change = rules::release(context.kind, stored, units).unwrap_or_else(|refusal| {
+            match refusal {
+                ReleaseRefusal::Consumable => {
+                    errors::releases_allocations_only(metric, context.kind.as_str())
+                }
+                ReleaseRefusal::ExceedsUsed { used } => {
+                    errors::release_exceeds_used(tenant_id, metric, used, units)
+                }
+            }
+            .raise()
+        });
+        if let Some(counter) = change.write {
+            write_count(client, tenant_id, metric, counter);
+        }
+        spi::run(
+            client,
+            &SAVE_RESULT,
+            &[
+                tenant_id.into(),
+                key.into(),
+                true.into(),
+                change.result.into(),
+                Option::<i64>::None.into(),
+                Option::<i64>::None.into(),
+                Option::<&str>::None.into(),
+            ],
+        );
+        change.result
     })
 }
 

@@ -42,3 +42,10 @@ CREATE FUNCTION tally.tenant_for_api_key(key_hash text) RETURNS text
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT h.tenant_id FROM tally.api_key_hashes AS h WHERE h.key_hash = tenant_for_api_key.key_hash
 $$;
+
+-- A tenant's plan and status, as the tenant API shows them (so tallyd needs
+-- no SELECT on tally.tenants for it).
+CREATE FUNCTION tally.tenant_standing(tenant_id text) RETURNS TABLE (plan_id text, status text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.plan_id, t.status FROM tally.tenants AS t WHERE t.tenant_id = tenant_standing.tenant_id
+$$;

@@ -94,6 +94,10 @@ CREATE TABLE tally.idempotency_keys (
     remaining       bigint,
     reason          text,
     created_at      timestamptz NOT NULL DEFAULT now(),
+    -- Which function claimed the key: check_and_increment_usage or
+    -- release_usage. A key names one call: another operation, metric or
+    -- units under the same key is refused.
+    operation       text NOT NULL DEFAULT 'check' CHECK (operation IN ('check', 'release')),
     PRIMARY KEY (tenant_id, idempotency_key)
 );
 CREATE INDEX idempotency_keys_created_at ON tally.idempotency_keys (created_at);

@@ -33,7 +33,7 @@ BEGIN
         SELECT * FROM (VALUES
             ('tally_app', ARRAY['check_and_increment_usage', 'decrement_usage', 'usage_summary',
                                 'validate_plan_change',
-                                'checkout_reference']),
+                                'checkout_reference', 'release_usage', 'tenant_standing']),
             ('tally_daemon', ARRAY['change_plan', 'reset_usage', 'start_period', 'set_tenant_status',
                                    'link_provider_customer', 'attempt_event_lock',
                                    'accept_subscription_event', 'tenant_for_api_key',

@@ -108,9 +108,28 @@ impl Server {
         )>,
         billing: tallyd::db::events::BillingConfig,
     ) -> Server {
+        Server::start_configured(db, stripe_secrets, paddle_secrets, worker, |_| {}).await
+    }
+
+    /// tallyd with the test secrets and a configuration `adjust` changes
+    /// (a pool size, timeouts).
+    pub async fn start_adjusted(db: &TestDb, adjust: impl FnOnce(&mut tallyd::Config)) -> Server {
+        Server::start_configured(db, STRIPE_SECRET, PADDLE_SECRET, None, adjust).await
+    }
+
+    async fn start_configured(
+        db: &TestDb,
+        stripe_secrets: &str,
+        paddle_secrets: &str,
+        worker: Option<(
+            tallyd::worker::stripe::MeterClient,
+            tallyd::worker::WorkerConfig,
+        )>,
+        adjust: impl FnOnce(&mut tallyd::Config),
+    ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let config = tallyd::Config {
+        let mut config = tallyd::Config {
             database_url: db.url_as("tally_daemon"),
             pool_size,
             stripe_webhook_secrets: tallyd::signature::Secrets::parse(stripe_secrets),
@@ -119,7 +138,9 @@ impl Server {
             allow_superuser: false,
             billing,
             worker,
+            timeouts: Default::default(),
         };
+        adjust(&mut config);
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(tallyd::run(config, listener, shutdown.clone()));
         Server {

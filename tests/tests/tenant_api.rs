@@ -210,6 +210,7 @@ async fn checks_count_refuse_and_honour_idempotency_keys() {
     }
     assert_eq!(used(&client, "acme", "messages").await, 98);
 
+    // Consumed units cannot be given back.
     let (status, body) = call(
         &server,
         "POST",
@@ -219,9 +220,20 @@ async fn checks_count_refuse_and_honour_idempotency_keys() {
     )
     .await;
     assert_eq!(
-        (status, body),
-        (200, json!({"metric": "messages", "used": 90}))
+        (status, body["code"].as_str()),
+        (400, Some("idempotency_key_required"))
     );
+    let response = server
+        .http
+        .post(server.url("/v1/usage/messages/decrement"))
+        .bearer_auth(&acme)
+        .header("Idempotency-Key", "give-back-8")
+        .json(&json!({"units": 8}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    assert_eq!(used(&client, "acme", "messages").await, 98);
 
     let not_in_plan = call(&server, "POST", "/v1/usage/seats/check", Some(&acme), None)
         .await
@@ -242,6 +254,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             .post(server.url(path))
             .bearer_auth(&acme)
             .header("content-type", "application/json")
+            .header("idempotency-key", "bad-request")
             .body(body)
             .send()
     };

@@ -139,7 +139,7 @@ fn data_written_by_0_1_0_is_kept_and_used_after_the_upgrade() {
         ))
         .unwrap();
     assert_eq!(
-        check(&mut client, "acme", "messages", 1, Some("req-1")).used,
+        check(&mut client, "acme", "messages", 40, Some("req-1")).used,
         40
     );
     assert_eq!(

@@ -208,6 +208,40 @@ pub fn decrement(
     }
 }
 
+/// Why a release (a tenant giving back units over the API) is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseRefusal {
+    /// Consumed units cannot be given back.
+    Consumable,
+    /// More than the tenant holds: `used` is what it holds.
+    ExceedsUsed { used: i64 },
+}
+
+/// A release: `units` of an allocation given back, all or nothing. Unlike
+/// [`decrement`] (an application correcting its own count), it never
+/// clamps: more than is held is refused, and consumables are refused.
+pub fn release(
+    kind: Kind,
+    stored: Option<Counter>,
+    units: i64,
+) -> Result<Change<i64>, ReleaseRefusal> {
+    if kind == Kind::Consumable {
+        return Err(ReleaseRefusal::Consumable);
+    }
+    let used = stored.map_or(0, |counter| counter.used);
+    if units > used {
+        return Err(ReleaseRefusal::ExceedsUsed { used });
+    }
+    let counter = Counter {
+        used: used - units,
+        period_start: None,
+    };
+    Ok(Change {
+        result: counter.used,
+        write: write_if_changed(stored, counter),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,5 +488,52 @@ mod tests {
                 write: counter(0, Some(JUNE))
             }
         );
+    }
+
+    #[test]
+    fn releases_give_back_held_allocations_only() {
+        use ReleaseRefusal::*;
+        let cases = [
+            (
+                Kind::Allocation,
+                counter(4, None),
+                1,
+                Ok((3, counter(3, None))),
+            ),
+            (
+                Kind::Allocation,
+                counter(4, None),
+                4,
+                Ok((0, counter(0, None))),
+            ),
+            (
+                Kind::Allocation,
+                counter(4, None),
+                5,
+                Err(ExceedsUsed { used: 4 }),
+            ),
+            (
+                Kind::Allocation,
+                counter(4, None),
+                i64::MAX,
+                Err(ExceedsUsed { used: 4 }),
+            ),
+            (Kind::Allocation, None, 1, Err(ExceedsUsed { used: 0 })),
+            (
+                Kind::Consumable,
+                counter(100, Some(JUNE)),
+                1,
+                Err(Consumable),
+            ),
+            (Kind::Consumable, None, 1, Err(Consumable)),
+        ];
+        for (kind, stored, units, expected) in cases {
+            let expected = expected.map(|(result, write)| Change { result, write });
+            assert_eq!(
+                release(kind, stored, units),
+                expected,
+                "{kind:?} {stored:?} {units}"
+            );
+        }
     }
 }

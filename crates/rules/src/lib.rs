@@ -11,12 +11,14 @@
 pub mod billing;
 mod counter;
 pub mod errors;
+mod idempotency;
 mod lifecycle;
 mod period;
 mod plan;
 mod queue;
 
 pub use counter::*;
+pub use idempotency::*;
 pub use lifecycle::*;
 pub use period::*;
 pub use plan::*;

@@ -30,6 +30,18 @@ pub enum ErrorKind {
     /// 40001, 40P01: the transaction lost a race with another; the same call
     /// again may succeed.
     Conflict,
+    /// 22023: an idempotency key sent again with another metric, other
+    /// units, or to another function.
+    KeyReused,
+    /// 22023: a release (the API's decrement) of a consumable.
+    NotAnAllocation,
+    /// 55000: a release of more units than are in use.
+    ExceedsUsed,
+    /// 55000: the library is newer than the database's schema.
+    NeedsUpdate,
+    /// 55P03, 57014: a lock or statement timeout ran out (a row held by a
+    /// long transaction, say); the same call later may succeed.
+    Busy,
     /// Anything else: no connection, a missing privilege, a bug in tally
     /// (XX000).
     Other,
@@ -69,6 +81,34 @@ impl Error {
     pub fn detail(&self) -> Option<&str> {
         self.source.as_db_error().and_then(|error| error.detail())
     }
+
+    /// The SQLSTATE, if the database answered.
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.source.as_db_error().map(|error| error.code().code())
+    }
+
+    /// The constraint the statement violated, if any.
+    pub fn constraint(&self) -> Option<&str> {
+        self.source
+            .as_db_error()
+            .and_then(|error| error.constraint())
+    }
+
+    /// Log this error at ERROR with its SQLSTATE, message and constraint
+    /// (the driver's own text says only "db error"). DETAIL is left out: it
+    /// may carry a caller's data.
+    pub fn log(&self, context: &str) {
+        match self.source.as_db_error() {
+            Some(db) => tracing::error!(
+                sqlstate = db.code().code(),
+                error_message = db.message(),
+                constraint = db.constraint().unwrap_or(""),
+                table = db.table().unwrap_or(""),
+                "{context}: database error"
+            ),
+            None => tracing::error!(error = %self.source, "{context}"),
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for Error {
@@ -98,6 +138,18 @@ fn kind(code: &PgState, text: &str) -> ErrorKind {
     if let Some(state) = SqlState::from_code(code.code()) {
         return match state {
             SqlState::NoDataFound => ErrorKind::NotFound(missing(text)),
+            SqlState::InvalidParameterValue if text == message::IDEMPOTENCY_KEY_REUSED => {
+                ErrorKind::KeyReused
+            }
+            SqlState::InvalidParameterValue if text == message::RELEASES_ALLOCATIONS_ONLY => {
+                ErrorKind::NotAnAllocation
+            }
+            SqlState::ObjectNotInPrerequisiteState if text == message::RELEASE_EXCEEDS_USED => {
+                ErrorKind::ExceedsUsed
+            }
+            SqlState::ObjectNotInPrerequisiteState if text == message::NEEDS_UPDATE => {
+                ErrorKind::NeedsUpdate
+            }
             SqlState::InvalidParameterValue
             | SqlState::NullValueNotAllowed
             | SqlState::DatetimeFieldOverflow => ErrorKind::InvalidArgument,
@@ -115,6 +167,14 @@ fn kind(code: &PgState, text: &str) -> ErrorKind {
     } else if *code == PgState::T_R_SERIALIZATION_FAILURE || *code == PgState::T_R_DEADLOCK_DETECTED
     {
         ErrorKind::Conflict
+    } else if *code == PgState::LOCK_NOT_AVAILABLE || *code == PgState::QUERY_CANCELED {
+        ErrorKind::Busy
+    } else if *code == PgState::CHARACTER_NOT_IN_REPERTOIRE
+        || *code == PgState::UNTRANSLATABLE_CHARACTER
+    {
+        // Bytes that are not text in the database's encoding (a NUL in a
+        // path): the caller's.
+        ErrorKind::InvalidArgument
     } else {
         ErrorKind::Other
     }
@@ -213,5 +273,38 @@ mod tests {
         assert_eq!(kind(&state("40001"), ""), ErrorKind::Conflict);
         assert_eq!(kind(&state("40P01"), ""), ErrorKind::Conflict);
         assert_eq!(kind(&state("42501"), ""), ErrorKind::Other);
+        assert_eq!(kind(&state("55P03"), ""), ErrorKind::Busy);
+        assert_eq!(kind(&state("57014"), ""), ErrorKind::Busy);
+        assert_eq!(kind(&state("22021"), ""), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn tally_errors_with_an_answer_of_their_own_are_read_by_message() {
+        let cases = [
+            (
+                "22023",
+                message::IDEMPOTENCY_KEY_REUSED,
+                ErrorKind::KeyReused,
+            ),
+            (
+                "22023",
+                message::RELEASES_ALLOCATIONS_ONLY,
+                ErrorKind::NotAnAllocation,
+            ),
+            (
+                "55000",
+                message::RELEASE_EXCEEDS_USED,
+                ErrorKind::ExceedsUsed,
+            ),
+            ("55000", message::NEEDS_UPDATE, ErrorKind::NeedsUpdate),
+            (
+                "55000",
+                message::TENANT_HAS_UNSENT_USAGE,
+                ErrorKind::Refused,
+            ),
+        ];
+        for (code, text, expected) in cases {
+            assert_eq!(kind(&state(code), text), expected, "{code} {text}");
+        }
     }
 }

@@ -55,26 +55,32 @@ pub fn pool(url: &str, size: usize, allow_superuser: bool) -> Result<Pool> {
     builder.build().context("building the database pool")
 }
 
-/// The usage-report worker's own pool, apart from the server's: requests
-/// cannot starve the worker of connections, nor the worker the requests.
-/// Every wait is bounded by `wait`: for a free connection, to connect, and
-/// to check one before reuse; statements time out after `wait` too.
-pub fn worker_pool(
-    url: &str,
-    size: usize,
-    allow_superuser: bool,
-    wait: std::time::Duration,
-) -> Result<Pool> {
+/// How long a server connection may wait: for a connection from the pool,
+/// for one statement, and for one lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waits {
+    /// For a connection from the pool (and for making a new one).
+    pub pool: std::time::Duration,
+    /// Postgres's `statement_timeout` on every connection.
+    pub statement: std::time::Duration,
+    /// Postgres's `lock_timeout` on every connection.
+    pub lock: std::time::Duration,
+}
+
+/// A pool like [`pool`] whose every wait is bounded by `waits`: a caller
+/// waits at most `waits.pool` for a connection, and each connection runs
+/// with `statement_timeout` and `lock_timeout` set at startup (after any the
+/// URL's `options` set).
+pub fn bounded_pool(url: &str, size: usize, allow_superuser: bool, waits: Waits) -> Result<Pool> {
     let (mut config, tls) = tls::parse(url)?;
-    let timeouts = format!(
-        "-c statement_timeout={ms} -c lock_timeout={ms}",
-        ms = wait.as_millis()
+    let options = format!(
+        "{} -c statement_timeout={} -c lock_timeout={}",
+        config.get_options().unwrap_or_default(),
+        waits.statement.as_millis(),
+        waits.lock.as_millis()
     );
-    let options = match config.get_options() {
-        Some(options) if !options.is_empty() => format!("{options} {timeouts}"),
-        _ => timeouts,
-    };
-    config.options(&options);
+    config.options(options.trim_start());
+    config.connect_timeout(waits.pool.max(std::time::Duration::from_secs(1)));
     let manager = Manager::from_config(
         config,
         tls::connector(&tls)?,
@@ -85,15 +91,31 @@ pub fn worker_pool(
     let mut builder = Pool::builder(manager)
         .max_size(size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
-        .wait_timeout(Some(wait))
-        .create_timeout(Some(wait))
-        .recycle_timeout(Some(wait));
+        .wait_timeout(Some(waits.pool))
+        .create_timeout(Some(waits.pool.max(std::time::Duration::from_secs(1))))
+        .recycle_timeout(Some(waits.pool));
     if !allow_superuser {
         builder = builder.post_create(roles::refuse_superuser_hook());
     }
-    builder
-        .build()
-        .context("building the worker's database pool")
+    builder.build().context("building the database pool")
+}
+
+/// The usage-report worker's own pool, apart from the server's: requests
+/// cannot starve the worker of connections, nor the worker the requests.
+/// Every wait is bounded by `wait`: for a free connection, to connect, to
+/// check one before reuse, for a statement and for a lock.
+pub fn worker_pool(
+    url: &str,
+    size: usize,
+    allow_superuser: bool,
+    wait: std::time::Duration,
+) -> Result<Pool> {
+    let waits = Waits {
+        pool: wait,
+        statement: wait,
+        lock: wait,
+    };
+    bounded_pool(url, size, allow_superuser, waits)
 }
 
 /// The installed extension's version, if it is installed.

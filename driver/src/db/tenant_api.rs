@@ -46,16 +46,19 @@ pub async fn check(
     })
 }
 
-pub async fn decrement(
+/// Give back `units` of an allocation, once per `idempotency_key`; the new
+/// count.
+pub async fn release(
     client: &Client,
     tenant_id: &str,
     metric: &str,
     units: i64,
+    idempotency_key: &str,
 ) -> Result<i64, Error> {
     let row = query_one(
         client,
-        "SELECT tally.decrement_usage($1, $2, $3)",
-        &[&tenant_id, &metric, &units],
+        "SELECT tally.release_usage($1, $2, $3, $4)",
+        &[&tenant_id, &metric, &units, &idempotency_key],
     )
     .await?;
     Ok(row.get(0))
@@ -108,7 +111,7 @@ pub async fn usage(client: &mut Client, tenant_id: &str) -> Result<Usage, Error>
     .collect();
     let tenant = query_one(
         &transaction,
-        "SELECT plan_id, status FROM tally.tenants WHERE tenant_id = $1",
+        "SELECT plan_id, status FROM tally.tenant_standing($1)",
         &[&tenant_id],
     )
     .await?;

@@ -60,9 +60,16 @@ impl ApiError {
     }
 
     /// A database error: tally's own errors become the answer they describe
-    /// (their messages are written for callers); anything else is internal.
+    /// (their messages are written for callers); anything else is internal
+    /// and logged with its SQLSTATE, message and constraint.
     pub fn from_db(context: &str, error: db::Error) -> ApiError {
         let message = error.message().unwrap_or_default().to_string();
+        // The message with its DETAIL, for errors whose data is the caller's
+        // own request (its key, metric and units).
+        let explained = || match error.detail() {
+            Some(detail) => format!("{message}: {detail}"),
+            None => message.clone(),
+        };
         match error.kind() {
             ErrorKind::NotFound(missing) => {
                 let code = match missing {
@@ -81,10 +88,47 @@ impl ApiError {
             ErrorKind::Conflict => {
                 ApiError::unavailable("retry", "the request conflicted with another; retry it", 1)
             }
+            ErrorKind::KeyReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                explained(),
+            ),
+            ErrorKind::NotAnAllocation => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not_an_allocation",
+                explained(),
+            ),
+            ErrorKind::ExceedsUsed => {
+                ApiError::new(StatusCode::CONFLICT, "decrement_exceeds_used", explained())
+            }
+            ErrorKind::Busy => {
+                tracing::warn!(
+                    sqlstate = error.sqlstate().unwrap_or(""),
+                    "{context}: a lock or statement timeout ran out"
+                );
+                ApiError::unavailable(
+                    "busy",
+                    "the data this request needs is busy; retry shortly",
+                    1,
+                )
+            }
+            ErrorKind::NeedsUpdate => {
+                error.log(context);
+                ApiError::unavailable(
+                    "needs_update",
+                    "the database needs an update (tallyd migrate); retry later",
+                    30,
+                )
+            }
             // No tenant API call raises these for a caller's mistake: a
             // customer linked to another tenant, say, needs an operator.
             ErrorKind::AlreadyExists | ErrorKind::MissingReference | ErrorKind::Other => {
-                ApiError::internal(context, &error)
+                error.log(context);
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
         }
     }

@@ -180,7 +180,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn a_repeated_idempotency_key_returns_the_first_result_and_counts_once() {
+    fn a_repeated_idempotency_key_returns_the_first_result_counts_once_and_names_one_call() {
         fixture();
         assert_eq!(
             check("'acme', 'messages', 5, 'req-1'"),
@@ -190,17 +190,101 @@ mod tests {
             check("'acme', 'messages', 5, 'req-1'"),
             allowed(5, Some(100), Some(95))
         );
-        // Even with another metric or other units.
-        assert_eq!(
-            check("'acme', 'chatbots', 1, 'req-1'"),
-            allowed(5, Some(100), Some(95))
+        // Another metric or other units under the same key: refused, not
+        // answered with the first call's result.
+        assert_fails(
+            "SELECT tally.check_and_increment_usage('acme', 'chatbots', 1, 'req-1')",
+            "22023",
+            "idempotency key reused with other arguments",
         );
+        assert_fails(
+            "SELECT tally.check_and_increment_usage('acme', 'messages', 1000000, 'req-1')",
+            "22023",
+            "idempotency key reused with other arguments",
+        );
+        let (_, _, detail, _) = error_of(
+            "SELECT tally.check_and_increment_usage('acme', 'messages', 1000000, 'req-1')",
+        )
+        .unwrap();
+        assert_eq!(detail, "idempotency key 'req-1': units 5 then, 1000000 now");
         assert_eq!(used("acme", "messages"), Some(5));
         assert_eq!(used("acme", "chatbots"), None);
         assert_eq!(
             check("'acme', 'messages', 5, 'req-2'"),
             allowed(10, Some(100), Some(90))
         );
+    }
+
+    #[pg_test]
+    fn a_release_gives_back_held_allocations_once_per_key() {
+        fixture();
+        Spi::run("UPDATE tally.tenants SET plan_id = 'growth'").unwrap();
+        assert_eq!(
+            check("'acme', 'chatbots', 4"),
+            allowed(4, Some(10), Some(6))
+        );
+        let release = |args: &str| value::<i64>(&format!("SELECT tally.release_usage({args})"));
+        assert_eq!(release("'acme', 'chatbots', 1, 'r-1'"), Some(3));
+        assert_eq!(release("'acme', 'chatbots', 1, 'r-1'"), Some(3));
+        assert_eq!(used("acme", "chatbots"), Some(3));
+        for (sql, sqlstate, message) in [
+            (
+                "SELECT tally.release_usage('acme', 'chatbots', 2, 'r-1')",
+                "22023",
+                "idempotency key reused with other arguments",
+            ),
+            (
+                "SELECT tally.release_usage('acme', 'chatbots', 4, 'r-2')",
+                "55000",
+                "release exceeds the units in use",
+            ),
+            (
+                "SELECT tally.release_usage('acme', 'seats', 1, 'r-3')",
+                "55000",
+                "release exceeds the units in use",
+            ),
+            (
+                "SELECT tally.release_usage('acme', 'messages', 1, 'r-4')",
+                "22023",
+                "release_usage releases allocations only",
+            ),
+            (
+                "SELECT tally.release_usage('acme', 'chatbots', 1, NULL)",
+                "22004",
+                "idempotency_key must not be null",
+            ),
+            (
+                "SELECT tally.release_usage('acme', 'chatbots', 0, 'r-5')",
+                "22023",
+                "units must be positive",
+            ),
+            (
+                "SELECT tally.release_usage('nobody', 'chatbots', 1, 'r-6')",
+                "P0002",
+                "tenant not found",
+            ),
+            (
+                "SELECT tally.release_usage('acme', 'nothing', 1, 'r-7')",
+                "P0002",
+                "metric not found",
+            ),
+            // A key a check used cannot release, nor the reverse.
+            (
+                "SELECT tally.check_and_increment_usage('acme', 'chatbots', 1, 'r-1')",
+                "22023",
+                "idempotency key reused with other arguments",
+            ),
+        ] {
+            assert_fails(sql, sqlstate, message);
+        }
+        check("'acme', 'messages', 1, 'c-1'");
+        assert_fails(
+            "SELECT tally.release_usage('acme', 'messages', 1, 'c-1')",
+            "22023",
+            "idempotency key reused with other arguments",
+        );
+        assert_eq!(release("'acme', 'chatbots', 3, 'r-8'"), Some(0));
+        assert_eq!(used("acme", "chatbots"), Some(0));
     }
 
     #[pg_test]
