@@ -33,7 +33,7 @@ impl Server {
     }
 
     pub async fn start_with(db: &TestDb, stripe_secrets: &str, paddle_secrets: &str) -> Server {
-        Server::start_full(db, stripe_secrets, paddle_secrets, None, 16).await
+        Server::start_configured(db, stripe_secrets, paddle_secrets, None, |_| {}).await
     }
 
     /// tallyd with its webhooks configured by `billing` (which checkout
@@ -42,12 +42,12 @@ impl Server {
         db: &TestDb,
         billing: tallyd::db::events::BillingConfig,
     ) -> Server {
-        Server::start_inner(
+        Server::start_configured(
             db,
             &format!("whsec_test_previous,{STRIPE_SECRET}"),
             PADDLE_SECRET,
             None,
-            billing,
+            |config| config.billing = billing,
         )
         .await
     }
@@ -75,40 +75,10 @@ impl Server {
             ..Default::default()
         };
         let worker = Some((client, config));
-        Server::start_full(db, STRIPE_SECRET, PADDLE_SECRET, worker, pool_size).await
-    }
-
-    async fn start_full(
-        db: &TestDb,
-        stripe_secrets: &str,
-        paddle_secrets: &str,
-        worker: Option<(
-            tallyd::worker::stripe::MeterClient,
-            tallyd::worker::WorkerConfig,
-        )>,
-        pool_size: usize,
-    ) -> Server {
-        Server::start_inner(
-            db,
-            stripe_secrets,
-            paddle_secrets,
-            worker,
-            Default::default(),
-        )
+        Server::start_configured(db, STRIPE_SECRET, PADDLE_SECRET, worker, |config| {
+            config.pool_size = pool_size
+        })
         .await
-    }
-
-    async fn start_inner(
-        db: &TestDb,
-        stripe_secrets: &str,
-        paddle_secrets: &str,
-        worker: Option<(
-            tallyd::worker::stripe::MeterClient,
-            tallyd::worker::WorkerConfig,
-        )>,
-        billing: tallyd::db::events::BillingConfig,
-    ) -> Server {
-        Server::start_configured(db, stripe_secrets, paddle_secrets, worker, |_| {}).await
     }
 
     /// tallyd with the test secrets and a configuration `adjust` changes
@@ -131,12 +101,12 @@ impl Server {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let mut config = tallyd::Config {
             database_url: db.url_as("tally_daemon"),
-            pool_size,
+            pool_size: 16,
             stripe_webhook_secrets: tallyd::signature::Secrets::parse(stripe_secrets),
             paddle_webhook_secrets: tallyd::signature::Secrets::parse(paddle_secrets),
             max_body_bytes: 64 * 1024,
             allow_superuser: false,
-            billing,
+            billing: Default::default(),
             worker,
             timeouts: Default::default(),
         };
