@@ -7,7 +7,9 @@
    its ordering, which pgrx does not keep stable.
 2. Released files never change: every install script in sql/released/ and
    every upgrade script sql/tally--A--B.sql whose B has been released is
-   byte for byte what the commit that added it holds.
+   byte for byte what the commit that released it holds (the commit that
+   added the install script sql/released/tally--B.sql; an upgrade script
+   may be written over several commits before that).
 
 Usage: scripts/check_released.py VERSION [GENERATED]
 """
@@ -61,6 +63,13 @@ def released_files() -> list[Path]:
     return files
 
 
+def release_of(path: Path) -> str:
+    """The kept install script whose commit released `path`."""
+    name = path.name[:-len(".sql")]
+    version = name.split("--")[-1]
+    return (RELEASED / f"tally--{version}.sql").relative_to(ROOT).as_posix()
+
+
 def check_unchanged() -> list[str]:
     try:
         if git("rev-parse", "--is-shallow-repository").strip() == "true":
@@ -71,7 +80,7 @@ def check_unchanged() -> list[str]:
     problems = []
     for path in released_files():
         relative = path.relative_to(ROOT).as_posix()
-        added = git("log", "--diff-filter=A", "--format=%H", "--", relative).split()
+        added = git("log", "--diff-filter=A", "--format=%H", "--", release_of(path)).split()
         if not added:
             continue  # released by the change being tested: nothing to compare with yet
         original = subprocess.run(
