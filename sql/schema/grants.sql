@@ -72,9 +72,8 @@ EXCEPTION WHEN unique_violation OR duplicate_object OR internal_error THEN
 END
 $$;
 
--- tallyd serve reads tenants directly (the tenant API); billing effects go
--- through the apply_* functions.
-GRANT SELECT ON tally.tenants TO tally_daemon;
+-- tally_daemon reads no table: the tenant API, billing effects and the
+-- report queue go through functions.
 -- Configuration is written with plain SQL; everything is readable by admins.
 GRANT SELECT, INSERT, UPDATE, DELETE ON tally.metrics, tally.plans, tally.plan_limits, tally.tenants,
                                         tally.api_keys TO tally_admin;

@@ -284,3 +284,28 @@ fn one_transaction_can_first_touch_tens_of_thousands_of_tenants() {
     tx.commit().unwrap();
     assert_eq!(allowed, 40000);
 }
+
+/// tallyd's role reaches tally only through functions: it can read no table
+/// of tally's, so a compromised daemon cannot list other tenants, plans,
+/// provider links, keys or the reference secret.
+#[test]
+fn the_daemon_role_reads_no_table_directly() {
+    let db = TestDb::create();
+    let mut admin = db.connect();
+    let tables: Vec<String> = admin
+        .query(
+            "SELECT c.oid::regclass::text FROM pg_class c
+              WHERE c.relnamespace = 'tally'::regnamespace AND c.relkind = 'r' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(tables.iter().any(|t| t == "tally.tenants"), "{tables:?}");
+    let mut daemon = db.connect_as("tally_daemon");
+    for table in &tables {
+        let (state, _) = failure(&mut daemon, &format!("SELECT * FROM {table} LIMIT 1"));
+        assert_eq!(state, "42501", "tally_daemon could read {table}");
+    }
+}
