@@ -250,4 +250,8 @@ ALTER FUNCTION tally.tenant_standing(text) OWNER TO tally_owner;
 REVOKE ALL ON FUNCTION tally.tenant_standing(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tally.tenant_standing(text) TO tally_app;
 
+-- tally_daemon reads no table any more: tenant_standing serves the tenant
+-- API and the apply_* functions the webhooks.
+REVOKE SELECT ON tally.tenants FROM tally_daemon;
+
 -- (end of the tenant API)
