@@ -14,10 +14,15 @@
 #   claimed and completed per second by 4 workers; the cost of writing a
 #   usage report on a billed increment (tally_billed.sql against tally.sql).
 #
+# enforce: tally.enforce_count on an application's table against the same
+#   table without it: single-row INSERTs (8 clients, 1,000 tenants) and a
+#   10,000-row INSERT over 1,000 tenants (1 client), durable and async.
+#   Not part of `all`.
+#
 # After every run the counters (or the queue) are checked against what
 # pgbench counted.
 #
-# Usage: bench/run.sh [enforcement|lifecycle|all] [--duration SECONDS] [--rounds N]
+# Usage: bench/run.sh [enforcement|lifecycle|enforce|all] [--duration SECONDS] [--rounds N]
 source "$(dirname "$0")/../scripts/lib.sh"
 
 part=all
@@ -26,7 +31,7 @@ rounds=3
 clients=8
 while [ $# -gt 0 ]; do
     case $1 in
-        enforcement|lifecycle|all) part=$1; shift ;;
+        enforcement|lifecycle|enforce|all) part=$1; shift ;;
         --duration) duration=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
         *) die "unknown argument $1 (enforcement|lifecycle|all, --duration, --rounds)" ;;
@@ -148,10 +153,45 @@ lifecycle() {
     done
 }
 
+# enforce_run KEY MODE CLIENTS SCRIPT ROWS-PER-TRANSACTION: one run, then the
+# enforced table's counters are checked against its rows and both tables
+# emptied; appends "key rows/s latency".
+enforce_run() {
+    local key=$1 mode=$2 n=$3 script=$4 per=$5 output processed failed tps latency
+    output=$(pgbench_run "$mode" "$n" "$script" -D tenants=1000)
+    processed=$(field 'number of transactions actually processed: \([0-9]*\).*' <<<"$output")
+    failed=$(field 'number of failed transactions: \([0-9]*\).*' <<<"$output")
+    tps=$(field 'tps = \([0-9.]*\) .*' <<<"$output")
+    latency=$(field 'latency average = \([0-9.]*\) ms' <<<"$output")
+    [ "${failed:-0}" = 0 ] || die "$key: $failed failed"
+    [ "$(scalar "SELECT (SELECT coalesce(sum(used), 0) FROM tally.usage_counters WHERE metric = 'bench_rows')
+                      = (SELECT count(*) FROM bench_enforced)")" = t ] \
+        || die "$key: the counters differ from the rows"
+    printf '%-28s %8.0f tps %9.3f ms   (%s transactions of %s rows)\n' \
+        "$key" "$tps" "$latency" "$processed" "$per" >&2
+    echo "$key $tps $latency" >>"$results"
+    scalar "TRUNCATE bench_plain, bench_enforced" >/dev/null
+    scalar "VACUUM bench_plain, bench_enforced" >/dev/null
+}
+
+enforce() {
+    pg "$port" -d $database -f "$TALLY_ROOT/bench/enforce_setup.sql" >/dev/null
+    say "enforce: ${duration}s per run, $rounds rounds"
+    for _ in $(seq "$rounds"); do
+        for mode in on off; do
+            enforce_run "single-$mode-plain" $mode "$clients" enforce_insert_plain 1
+            enforce_run "single-$mode-enforced" $mode "$clients" enforce_insert 1
+            enforce_run "bulk-$mode-plain" $mode 1 enforce_bulk_plain 10000
+            enforce_run "bulk-$mode-enforced" $mode 1 enforce_bulk 10000
+        done
+    done
+}
+
 warm_up
 case $part in
     enforcement) enforcement ;;
     lifecycle) lifecycle ;;
+    enforce) enforce ;;
     all) enforcement; lifecycle ;;
 esac
 
@@ -174,6 +214,13 @@ if part in ("enforcement", "all"):
             lat = {v: median(key(v), 2) for v in tps}
             cells = " | ".join(f"{tps[v]:.0f} ({lat[v]:.2f})" for v in tps)
             print(f"| {shape} | {label} | {cells} | {tps['tally'] / tps['floor']:.2f} | {tps['tally'] / tps['plpgsql']:.2f} |")
+if part == "enforce":
+    print("\n| commit | single-row INSERT tps, plain | enforced | enforced / plain | 10,000-row INSERT ms, plain | enforced | overhead |")
+    print("|---|---|---|---|---|---|---|")
+    for mode, label in (("on", "durable"), ("off", "async")):
+        sp, se = median(f"single-{mode}-plain"), median(f"single-{mode}-enforced")
+        bp, be = median(f"bulk-{mode}-plain", 2), median(f"bulk-{mode}-enforced", 2)
+        print(f"| {label} | {sp:.0f} | {se:.0f} | {se / sp:.2f} | {bp:.1f} | {be:.1f} | {(be / bp - 1) * 100:+.0f}% |")
 if part in ("lifecycle", "all"):
     print(f"\n| commit | event locks/s ({clients} clients) | reports claimed + completed/s (4 workers) | unbilled tps | billed tps | billed / unbilled |")
     print("|---|---|---|---|---|---|")

@@ -15,6 +15,7 @@ mod args;
 mod billing;
 mod cleanup;
 mod composite;
+mod enforce;
 mod errors;
 mod events;
 mod gucs;
@@ -47,6 +48,11 @@ extension_sql_file!(
     "../../sql/schema/api_keys.sql",
     name = "api_keys",
     requires = ["config"]
+);
+extension_sql_file!(
+    "../../sql/schema/enforce.sql",
+    name = "enforce",
+    requires = ["counters", _enforce_apply]
 );
 // Owners and privileges of everything above, once it all exists.
 extension_sql_file!("../../sql/schema/grants.sql", name = "grants", finalize);

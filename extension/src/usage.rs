@@ -346,7 +346,12 @@ fn raise_overflow(tenant_id: &str, metric: &str, overflow: rules::Overflow) -> !
     errors::counter_out_of_range(tenant_id, metric, overflow.used, overflow.units).raise()
 }
 
-fn increment(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, units: i64) -> Outcome {
+pub(crate) fn increment(
+    client: &mut SpiClient<'_>,
+    tenant_id: &str,
+    metric: &str,
+    units: i64,
+) -> Outcome {
     let calendar_month = rules::month_start(spi::now());
     let month: DatumWithOid = spi::timestamptz(Some(calendar_month));
     if let Some(row) = spi::first_row(
@@ -467,7 +472,7 @@ fn stored_outcome(
     })
 }
 
-fn usage_check(outcome: Outcome) -> PgHeapTuple<'static, AllocatedByRust> {
+pub(crate) fn usage_check(outcome: Outcome) -> PgHeapTuple<'static, AllocatedByRust> {
     let datums = [
         outcome.allowed.into_datum(),
         outcome.used.into_datum(),

@@ -14,11 +14,12 @@ BEGIN
     FOR object IN
         SELECT c.oid::pg_catalog.regclass AS name, c.relkind
           FROM pg_catalog.pg_class AS c
-         WHERE c.relnamespace = 'tally'::pg_catalog.regnamespace AND c.relkind IN ('r', 'c')
+         WHERE c.relnamespace = 'tally'::pg_catalog.regnamespace AND c.relkind IN ('r', 'c', 'v')
          ORDER BY c.relname
     LOOP
         EXECUTE pg_catalog.format('ALTER %s %s OWNER TO tally_owner',
-                                  CASE object.relkind WHEN 'r' THEN 'TABLE' ELSE 'TYPE' END, object.name);
+                                  CASE object.relkind WHEN 'r' THEN 'TABLE' WHEN 'v' THEN 'VIEW' ELSE 'TYPE' END,
+                                  object.name);
     END LOOP;
     FOR object IN
         SELECT p.oid::pg_catalog.regprocedure AS name
@@ -42,7 +43,10 @@ BEGIN
                                    'apply_payment', 'apply_subscription', 'apply_checkout']),
             ('tally_admin', ARRAY['sync_usage', 'cleanup_provider_events', 'cleanup_idempotency_keys',
                                   'cleanup_usage_reports', 'requeue_failed_usage_reports',
-                                  '_default_plan_id']))
+                                  '_default_plan_id',
+                                  'enforce_count', 'unenforce_count', '_enforce_count_rows',
+                                  '_enforce_register', '_enforce_sync', '_enforce_unregister',
+                                  '_enforce_trigger_name']))
             AS g (role, functions)
     LOOP
         FOR object IN

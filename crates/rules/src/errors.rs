@@ -33,10 +33,15 @@ pub enum SqlState {
     InsufficientPrivilege,
     /// XX000: a bug in tally.
     InternalError,
+    /// TL001: a row refused by `tally.enforce_count` (the units do not fit
+    /// the tenant's limit). Class TL is tally's own: Postgres uses no class
+    /// beginning with T, and the SQL standard leaves classes beginning with
+    /// I–Z to implementations.
+    EnforcedLimitExceeded,
 }
 
 impl SqlState {
-    pub const ALL: [SqlState; 9] = [
+    pub const ALL: [SqlState; 10] = [
         SqlState::InvalidParameterValue,
         SqlState::NullValueNotAllowed,
         SqlState::NumericValueOutOfRange,
@@ -46,6 +51,7 @@ impl SqlState {
         SqlState::ObjectNotInPrerequisiteState,
         SqlState::UniqueViolation,
         SqlState::InternalError,
+        SqlState::EnforcedLimitExceeded,
     ];
 
     /// The five-character code, as Postgres reports it.
@@ -60,6 +66,7 @@ impl SqlState {
             SqlState::ObjectNotInPrerequisiteState => "55000",
             SqlState::UniqueViolation => "23505",
             SqlState::InternalError => "XX000",
+            SqlState::EnforcedLimitExceeded => "TL001",
         }
     }
 
@@ -110,6 +117,11 @@ pub mod message {
     pub const RELEASES_ALLOCATIONS_ONLY: &str = "release_usage releases allocations only";
     pub const RELEASE_EXCEEDS_USED: &str = "release exceeds the units in use";
     pub const INTERNAL: &str = "tally internal error";
+    pub const ENFORCED_LIMIT_EXCEEDED: &str = "usage limit exceeded";
+    pub const COLUMN_NOT_FOUND: &str = "column not found";
+    pub const UNITS_COLUMN_NOT_INTEGER: &str = "units_column must be an integer column";
+    pub const METRIC_ENFORCED_ELSEWHERE: &str = "metric already enforced on another table";
+    pub const NOT_ENFORCED: &str = "table is not under enforce_count";
 }
 
 /// One error as a caller sees it.
@@ -232,6 +244,61 @@ pub fn release_exceeds_used(tenant_id: &str, metric: &str, used: i64, units: i64
             quoted(metric)
         ))
         .hint(format!("give back at most {used}"))
+}
+
+/// A statement on a table under `tally.enforce_count` needs `units` more of
+/// `metric` for a tenant than its limit leaves (`limit` None: the metric is
+/// not in the tenant's plan). Raised by the PL/pgSQL trigger functions
+/// (`sql/schema/enforce.sql`) word for word.
+pub fn enforced_limit_exceeded(
+    tenant_id: &str,
+    metric: &str,
+    used: i64,
+    limit: Option<i64>,
+    units: i64,
+) -> Failure {
+    let limit = limit.map_or_else(|| "not in plan".to_string(), |max| max.to_string());
+    Failure::new(EnforcedLimitExceeded, message::ENFORCED_LIMIT_EXCEEDED)
+        .detail(format!(
+            "tenant {}, metric {}: used {used}, limit {limit}, this statement needs {units}",
+            quoted(tenant_id),
+            quoted(metric)
+        ))
+        .hint("remove rows of this tenant, or move the tenant to a plan with a higher limit")
+}
+
+// `tally.enforce_count`'s checks (PL/pgSQL, `sql/schema/enforce.sql`);
+// `table` is shown as Postgres prints the regclass.
+
+pub fn column_not_found(table: &str, column: &str) -> Failure {
+    Failure::new(InvalidParameterValue, message::COLUMN_NOT_FOUND)
+        .detail(format!("{table} has no column {column}"))
+        .hint("name the column holding the tenant_id")
+}
+
+/// `column_type`: None when the table has no such column.
+pub fn units_column_not_integer(table: &str, column: &str, column_type: Option<&str>) -> Failure {
+    Failure::new(InvalidParameterValue, message::UNITS_COLUMN_NOT_INTEGER)
+        .detail(format!(
+            "{table} column {column}: {}",
+            column_type.unwrap_or("not found")
+        ))
+        .hint("name a smallint, integer or bigint column, or none for one unit a row")
+}
+
+pub fn metric_enforced_elsewhere(metric: &str, table: &str) -> Failure {
+    Failure::new(
+        ObjectNotInPrerequisiteState,
+        message::METRIC_ENFORCED_ELSEWHERE,
+    )
+    .detail(format!("metric {} is enforced on {table}", quoted(metric)))
+    .hint("call tally.unenforce_count on that table first, or use another metric")
+}
+
+pub fn not_enforced(table: &str, metric: &str) -> Failure {
+    Failure::new(ObjectNotInPrerequisiteState, message::NOT_ENFORCED)
+        .detail(format!("{table}, metric {}", quoted(metric)))
+        .hint("call tally.enforce_count first")
 }
 
 pub fn negative_count(name: &str, count: i64) -> Failure {

@@ -156,6 +156,8 @@ fn kind(code: &PgState, text: &str) -> ErrorKind {
             SqlState::NumericValueOutOfRange => ErrorKind::OutOfRange,
             SqlState::ObjectNotInPrerequisiteState => ErrorKind::Refused,
             SqlState::UniqueViolation => ErrorKind::AlreadyExists,
+            // An app's own table under enforce_count: tallyd writes none.
+            SqlState::EnforcedLimitExceeded => ErrorKind::Refused,
             // A role without a grant it needs: a deployment mistake.
             SqlState::InsufficientPrivilege | SqlState::InternalError => ErrorKind::Other,
         };
@@ -234,6 +236,11 @@ mod tests {
             ),
             ("42501", message::SCHEMA_TAKEN, ErrorKind::Other),
             ("XX000", message::INTERNAL, ErrorKind::Other),
+            (
+                "TL001",
+                message::ENFORCED_LIMIT_EXCEEDED,
+                ErrorKind::Refused,
+            ),
         ];
         for catalogued in SqlState::ALL {
             assert!(

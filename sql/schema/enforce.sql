@@ -1,0 +1,285 @@
+-- Enforcement on the application's own tables: tally.enforce_count makes a
+-- limit a property of a table. Statement-level triggers on the table sum a
+-- statement's rows per tenant (from its transition tables) and hand each
+-- tenant's change, in sorted tenant order, to tally._enforce_apply: one
+-- counter update per tenant per statement, all or nothing, and concurrent
+-- bulk statements lock counters in the same order, so they cannot deadlock.
+--
+-- Enabling is a schema change of the application's table, made by its owner:
+-- enforce_count and unenforce_count run with the caller's rights (they
+-- create triggers, lock the table and grant tally_owner SELECT on it, which
+-- only the table's owner may) and reach tally's own tables through the
+-- SECURITY DEFINER functions below. The triggers' function runs as
+-- tally_owner, so the application's role needs nothing beyond its own table
+-- privileges and tally_app.
+
+-- What is enforced where. One table per metric: the counter is the rows of
+-- that table, which enabling makes true.
+CREATE TABLE tally.count_enforcements (
+    relid         oid NOT NULL,
+    metric        text NOT NULL UNIQUE REFERENCES tally.metrics ON UPDATE CASCADE,
+    tenant_column name NOT NULL,
+    units_column  name,
+    enabled_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (relid, metric)
+);
+
+CREATE VIEW tally.enforced_counts AS
+SELECT e.relid::pg_catalog.regclass AS table_name, e.metric, m.kind, e.tenant_column,
+       e.units_column, e.enabled_at
+  FROM tally.count_enforcements AS e
+  JOIN tally.metrics AS m ON m.metric = e.metric
+ WHERE EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = e.relid);
+
+-- The triggers' function. TG_ARGV: metric, tenant column, units column ('' for
+-- one unit a row). Consumables have the INSERT trigger only.
+CREATE FUNCTION tally._enforce_count_rows() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    metric text := TG_ARGV[0];
+    tenant text := pg_catalog.format('(%I::text COLLATE "C")', TG_ARGV[1]);
+    units text := CASE WHEN TG_ARGV[2] = '' THEN '1::bigint'
+                       ELSE pg_catalog.format('coalesce(%I, 0)::bigint', TG_ARGV[2]) END;
+    rows_of text;
+    change record;
+    outcome tally.usage_check;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        rows_of := pg_catalog.format('SELECT %1$s AS t, %2$s AS u, %2$s AS n FROM tally_new',
+                                     tenant, units);
+    ELSIF TG_OP = 'DELETE' THEN
+        rows_of := pg_catalog.format('SELECT %s AS t, -%s AS u, 0 AS n FROM tally_old', tenant, units);
+    ELSIF TG_OP = 'UPDATE' THEN
+        rows_of := pg_catalog.format(
+            'SELECT %1$s AS t, %2$s AS u, %2$s AS n FROM tally_new
+             UNION ALL SELECT %1$s, -%2$s, 0 FROM tally_old',
+            tenant, units);
+    ELSE  -- TRUNCATE, before: the rows are still there, and the table is locked.
+        rows_of := pg_catalog.format('SELECT %s AS t, -%s AS u, 0 AS n FROM %s', tenant, units,
+                                     TG_RELID::pg_catalog.regclass);
+    END IF;
+    -- Rows without a tenant count for no one.
+    FOR change IN EXECUTE
+        'SELECT t, sum(u)::bigint AS units, min(n) AS least FROM (' || rows_of || ') AS r
+          WHERE t IS NOT NULL GROUP BY t ORDER BY t'
+    LOOP
+        IF change.least < 0 THEN
+            RAISE EXCEPTION '% must not be negative', TG_ARGV[2] USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = pg_catalog.format('%s = %s', TG_ARGV[2], change.least),
+                HINT = pg_catalog.format('pass the %s count, 0 or more', TG_ARGV[2]);
+        END IF;
+        CONTINUE WHEN change.units = 0;
+        outcome := tally._enforce_apply(change.t, metric, change.units, false);
+        IF NOT outcome.allowed THEN
+            RAISE EXCEPTION 'usage limit exceeded' USING ERRCODE = 'TL001',
+                DETAIL = pg_catalog.format('tenant %L, metric %L: used %s, limit %s, this statement needs %s',
+                                           change.t, metric, outcome.used,
+                                           coalesce(outcome.max_units::text, 'not in plan'), change.units),
+                HINT = 'remove rows of this tenant, or move the tenant to a plan with a higher limit';
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- Record an enforcement (the caller is enabling it); returns the metric's kind.
+CREATE FUNCTION tally._enforce_register(relid oid, metric text, tenant_column name, units_column name)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind text;
+    elsewhere oid;
+BEGIN
+    SELECT m.kind INTO kind FROM tally.metrics AS m WHERE m.metric = _enforce_register.metric;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'metric not found' USING ERRCODE = 'no_data_found',
+            DETAIL = pg_catalog.format('no metric is named %L', metric),
+            HINT = 'declare the metric in tally.metrics first';
+    END IF;
+    -- Tables dropped since: their triggers went with them.
+    DELETE FROM tally.count_enforcements AS e
+     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = e.relid);
+    SELECT e.relid INTO elsewhere FROM tally.count_enforcements AS e
+     WHERE e.metric = _enforce_register.metric AND e.relid <> _enforce_register.relid;
+    IF FOUND THEN
+        RAISE EXCEPTION 'metric already enforced on another table' USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = pg_catalog.format('metric %L is enforced on %s', metric, elsewhere::pg_catalog.regclass),
+            HINT = 'call tally.unenforce_count on that table first, or use another metric';
+    END IF;
+    INSERT INTO tally.count_enforcements AS e (relid, metric, tenant_column, units_column)
+    VALUES (relid, metric, tenant_column, units_column)
+        ON CONFLICT ON CONSTRAINT count_enforcements_pkey
+        DO UPDATE SET tenant_column = excluded.tenant_column, units_column = excluded.units_column;
+    RETURN kind;
+END
+$$;
+
+-- Set each tenant's counter of an enforced allocation to the units its rows
+-- hold (tenants with a counter and no rows: 0). Reads the table as
+-- tally_owner, so a caller can only make a counter say what the table says.
+-- The rows are read through a cursor, a batch at a time.
+CREATE FUNCTION tally._enforce_sync(relid oid, metric text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    enforced tally.count_enforcements;
+    kind text;
+    tenants bigint := 0;
+    rows_of refcursor;
+    batch record;
+BEGIN
+    SELECT e.* INTO enforced FROM tally.count_enforcements AS e
+     WHERE e.relid = _enforce_sync.relid AND e.metric = _enforce_sync.metric;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table is not under enforce_count' USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = pg_catalog.format('%s, metric %L', relid::pg_catalog.regclass, metric),
+            HINT = 'call tally.enforce_count first';
+    END IF;
+    SELECT m.kind INTO kind FROM tally.metrics AS m WHERE m.metric = enforced.metric;
+    IF kind <> 'allocation' THEN
+        RETURN 0;  -- consumables count inserts, not rows
+    END IF;
+    OPEN rows_of FOR EXECUTE pg_catalog.format(
+        'SELECT coalesce(r.t, c.tenant_id) AS t, coalesce(r.u, 0) AS u
+           FROM (SELECT %1$I::text AS t, sum(%2$s)::bigint AS u FROM %3$s
+                  WHERE %1$I IS NOT NULL GROUP BY 1) AS r
+           FULL JOIN (SELECT tenant_id FROM tally.usage_counters WHERE metric = %4$L AND used <> 0) AS c
+             ON c.tenant_id = r.t
+          ORDER BY 1 COLLATE "C"',
+        enforced.tenant_column,
+        CASE WHEN enforced.units_column IS NULL THEN '1'
+             ELSE pg_catalog.format('coalesce(%I, 0)', enforced.units_column) END,
+        relid::pg_catalog.regclass, metric);
+    LOOP
+        FETCH rows_of INTO batch;
+        EXIT WHEN NOT FOUND;
+        PERFORM tally._enforce_apply(batch.t, metric, batch.u, true);
+        tenants := tenants + 1;
+    END LOOP;
+    CLOSE rows_of;
+    RETURN tenants;
+END
+$$;
+
+CREATE FUNCTION tally._enforce_unregister(relid oid, metric text) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH gone AS (
+        DELETE FROM tally.count_enforcements AS e
+         WHERE e.relid = _enforce_unregister.relid AND e.metric = _enforce_unregister.metric
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT FROM gone)
+$$;
+
+-- The name of an enforcement's trigger for one operation.
+CREATE FUNCTION tally._enforce_trigger_name(metric text, operation text) RETURNS name
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ('tally_count_' || left(md5(metric), 16) || '_' || operation)::name
+$$;
+
+-- Enforce `metric` on `table_name`: each row takes one unit (or the value of
+-- `units_column`) for the tenant in `tenant_column`. Run by the table's owner
+-- (granted tally_admin). Idempotent: calling it again recreates the triggers
+-- and syncs the counters again. Returns the number of tenants synced.
+CREATE FUNCTION tally.enforce_count(table_name regclass, tenant_column name, metric text,
+                                    units_column name DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind text;
+    column_type regtype;
+    schema_id oid;
+    operation text;
+BEGIN
+    IF table_name IS NULL THEN
+        RAISE EXCEPTION 'table_name must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'pass a value for table_name';
+    ELSIF tenant_column IS NULL THEN
+        RAISE EXCEPTION 'tenant_column must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'pass a value for tenant_column';
+    ELSIF metric IS NULL THEN
+        RAISE EXCEPTION 'metric must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'pass a value for metric';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                    WHERE a.attrelid = table_name AND a.attname = tenant_column
+                      AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'column not found' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = pg_catalog.format('%s has no column %I', table_name, tenant_column),
+            HINT = 'name the column holding the tenant_id';
+    END IF;
+    IF units_column IS NOT NULL THEN
+        SELECT a.atttypid::regtype INTO column_type FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = table_name AND a.attname = units_column AND a.attnum > 0 AND NOT a.attisdropped;
+        IF column_type IS NULL OR column_type NOT IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype) THEN
+            RAISE EXCEPTION 'units_column must be an integer column' USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = pg_catalog.format('%s column %I: %s', table_name, units_column,
+                                           coalesce(column_type::text, 'not found')),
+                HINT = 'name a smallint, integer or bigint column, or none for one unit a row';
+        END IF;
+    END IF;
+    -- No writes to the table while the triggers change and counters sync.
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', table_name);
+    kind := tally._enforce_register(table_name, metric, tenant_column, units_column);
+    -- The TRUNCATE trigger and the sync read the table as tally_owner.
+    SELECT c.relnamespace INTO schema_id FROM pg_catalog.pg_class AS c WHERE c.oid = table_name;
+    IF NOT pg_catalog.has_schema_privilege('tally_owner', schema_id, 'USAGE') THEN
+        EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO tally_owner', schema_id::pg_catalog.regnamespace);
+    END IF;
+    EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO tally_owner', table_name);
+    FOREACH operation IN ARRAY ARRAY['insert', 'delete', 'update', 'truncate'] LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s',
+                                  tally._enforce_trigger_name(metric, operation), table_name);
+    END LOOP;
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS tally_new
+         FOR EACH STATEMENT EXECUTE FUNCTION tally._enforce_count_rows(%L, %L, %L)',
+        tally._enforce_trigger_name(metric, 'insert'), table_name, metric, tenant_column,
+        coalesce(units_column, ''));
+    IF kind = 'allocation' THEN
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS tally_old
+             FOR EACH STATEMENT EXECUTE FUNCTION tally._enforce_count_rows(%L, %L, %L)',
+            tally._enforce_trigger_name(metric, 'delete'), table_name, metric, tenant_column,
+            coalesce(units_column, ''));
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS tally_old NEW TABLE AS tally_new
+             FOR EACH STATEMENT EXECUTE FUNCTION tally._enforce_count_rows(%L, %L, %L)',
+            tally._enforce_trigger_name(metric, 'update'), table_name, metric, tenant_column,
+            coalesce(units_column, ''));
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER %I BEFORE TRUNCATE ON %s
+             FOR EACH STATEMENT EXECUTE FUNCTION tally._enforce_count_rows(%L, %L, %L)',
+            tally._enforce_trigger_name(metric, 'truncate'), table_name, metric, tenant_column,
+            coalesce(units_column, ''));
+    END IF;
+    RETURN tally._enforce_sync(table_name, metric);
+END
+$$;
+
+-- Stop enforcing `metric` on `table_name`: drop the triggers and the record.
+-- The counters keep their counts. Returns whether it was enforced.
+CREATE FUNCTION tally.unenforce_count(table_name regclass, metric text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    operation text;
+BEGIN
+    IF table_name IS NULL THEN
+        RAISE EXCEPTION 'table_name must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'pass a value for table_name';
+    ELSIF metric IS NULL THEN
+        RAISE EXCEPTION 'metric must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'pass a value for metric';
+    END IF;
+    FOREACH operation IN ARRAY ARRAY['insert', 'delete', 'update', 'truncate'] LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s',
+                                  tally._enforce_trigger_name(metric, operation), table_name);
+    END LOOP;
+    IF NOT tally._enforce_unregister(table_name, metric) THEN
+        RETURN false;
+    END IF;
+    IF NOT EXISTS (SELECT FROM tally.enforced_counts AS e WHERE e.table_name = unenforce_count.table_name) THEN
+        EXECUTE pg_catalog.format('REVOKE SELECT ON TABLE %s FROM tally_owner', table_name);
+    END IF;
+    RETURN true;
+END
+$$;
