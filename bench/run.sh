@@ -7,6 +7,8 @@
 #   plpgsql  the same contract written the obvious way in PL/pgSQL (baseline.sql)
 #   client   read, check and write from the client in one transaction (client.sql)
 #   tally    tally.check_and_increment_usage (tally.sql)
+#   alerted  the same on a metric with alert thresholds no call crosses
+#            (tally_alerted.sql)
 #   in two shapes (spread: 1,000 tenants picked at random; hot: one tenant),
 #   with durable commits (the default) and with synchronous_commit=off (which
 #   leaves the CPU cost of each call visible).
@@ -103,6 +105,7 @@ enforcement() {
                 for variant in floor plpgsql client tally; do
                     counted "$shape-$mode-$variant" $mode $tenants api_calls $variant
                 done
+                counted "$shape-$mode-alerted" $mode $tenants alerted_calls tally_alerted
             done
         done
     done
@@ -205,15 +208,15 @@ def median(key, column=1):
 print(f"\nmedian of {rounds} rounds of {duration} s")
 if part in ("enforcement", "all"):
     print(f"\n{clients} clients; tps (average latency in ms)\n")
-    print("| shape | commit | floor | plpgsql | client | tally | tally / floor | tally / plpgsql |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| shape | commit | floor | plpgsql | client | tally | tally, thresholds | tally / floor | tally / plpgsql | thresholds / tally |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mode, label in (("on", "durable"), ("off", "async")):
         for shape in ("spread", "hot"):
             key = lambda v: f"{shape}-{mode}-{v}"
-            tps = {v: median(key(v)) for v in ("floor", "plpgsql", "client", "tally")}
+            tps = {v: median(key(v)) for v in ("floor", "plpgsql", "client", "tally", "alerted")}
             lat = {v: median(key(v), 2) for v in tps}
             cells = " | ".join(f"{tps[v]:.0f} ({lat[v]:.2f})" for v in tps)
-            print(f"| {shape} | {label} | {cells} | {tps['tally'] / tps['floor']:.2f} | {tps['tally'] / tps['plpgsql']:.2f} |")
+            print(f"| {shape} | {label} | {cells} | {tps['tally'] / tps['floor']:.2f} | {tps['tally'] / tps['plpgsql']:.2f} | {tps['alerted'] / tps['tally']:.2f} |")
 if part == "enforce":
     print("\n| commit | single-row INSERT tps, plain | enforced | enforced / plain | 10,000-row INSERT ms, plain | enforced | overhead |")
     print("|---|---|---|---|---|---|---|")

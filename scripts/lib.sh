@@ -60,14 +60,20 @@ setup_pgrx() {
 }
 
 # A Python with the official stripe package, for the test that checks
-# tallyd against signatures made by Stripe's own library.
+# tallyd against signatures made by Stripe's own library, and the Standard
+# Webhooks package, which verifies the alerts tallyd signs.
 TALLY_VENV=${TALLY_VENV:-$HOME/.cache/tally/venv}
 STRIPE_PYTHON_VERSION=16.1.0
+STANDARDWEBHOOKS_PYTHON_VERSION=1.1.0
 setup_python() {
     if ! "$TALLY_VENV/bin/python" -c "import stripe, sys; sys.exit(stripe.VERSION != '$STRIPE_PYTHON_VERSION')" 2>/dev/null; then
         say "installing the stripe Python package $STRIPE_PYTHON_VERSION (for a signature test)"
         python3 -m venv "$TALLY_VENV"
         "$TALLY_VENV/bin/pip" install --quiet --disable-pip-version-check "stripe==$STRIPE_PYTHON_VERSION"
+    fi
+    if ! "$TALLY_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('standardwebhooks') != '$STANDARDWEBHOOKS_PYTHON_VERSION')" 2>/dev/null; then
+        say "installing the standardwebhooks Python package $STANDARDWEBHOOKS_PYTHON_VERSION (for a signature test)"
+        "$TALLY_VENV/bin/pip" install --quiet --disable-pip-version-check "standardwebhooks==$STANDARDWEBHOOKS_PYTHON_VERSION"
     fi
 }
 

@@ -43,6 +43,8 @@ pub struct Config {
     pub worker: Option<(worker::stripe::MeterClient, worker::WorkerConfig)>,
     /// How long each stage of a request, and each database wait, may take.
     pub timeouts: http::Timeouts,
+    /// The alert worker, if this server runs one.
+    pub alerts: Option<worker::alerts::AlertConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -56,6 +58,7 @@ impl std::fmt::Debug for Config {
             .field("billing", &self.billing)
             .field("worker", &self.worker)
             .field("timeouts", &self.timeouts)
+            .field("alerts", &self.alerts)
             .finish_non_exhaustive()
     }
 }
@@ -107,7 +110,24 @@ pub async fn run_with_admin(
                 worker_pool,
                 client,
                 worker_config,
-                metrics,
+                metrics.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    let alerts = match config.alerts {
+        Some(alert_config) => {
+            let alert_pool = db::worker_pool(
+                &config.database_url,
+                alert_config.concurrency + 1,
+                config.allow_superuser,
+                worker::DB_WAIT,
+            )?;
+            Some(tokio::spawn(worker::alerts::run(
+                alert_pool,
+                alert_config,
+                state.metrics.clone(),
                 shutdown.clone(),
             )))
         }
@@ -141,6 +161,9 @@ pub async fn run_with_admin(
     if let Some(worker) = worker {
         worker.await??;
     }
+    if let Some(alerts) = alerts {
+        alerts.await??;
+    }
     tracing::info!("tallyd stopped");
     Ok(())
 }
@@ -154,19 +177,68 @@ pub async fn run_worker(
     config: worker::WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let pool = db::worker_pool(
+    run_workers(
         database_url,
-        config.concurrency + 1,
         allow_superuser,
-        worker::DB_WAIT,
-    )?;
-    db::refuse_superuser(&pool, allow_superuser).await?;
-    worker::run(
-        pool,
-        client,
-        config,
-        Arc::new(metrics::Metrics::new()),
+        Some((client, config)),
+        None,
         shutdown,
     )
     .await
+}
+
+/// Run the usage-report worker and the alert worker, each if configured,
+/// until `shutdown` is cancelled.
+pub async fn run_workers(
+    database_url: &str,
+    allow_superuser: bool,
+    reports: Option<(worker::stripe::MeterClient, worker::WorkerConfig)>,
+    alerts: Option<worker::alerts::AlertConfig>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let reports = match reports {
+        Some((client, config)) => {
+            let pool = db::worker_pool(
+                database_url,
+                config.concurrency + 1,
+                allow_superuser,
+                worker::DB_WAIT,
+            )?;
+            db::refuse_superuser(&pool, allow_superuser).await?;
+            Some(tokio::spawn(worker::run(
+                pool,
+                client,
+                config,
+                metrics.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    let alerts = match alerts {
+        Some(config) => {
+            let pool = db::worker_pool(
+                database_url,
+                config.concurrency + 1,
+                allow_superuser,
+                worker::DB_WAIT,
+            )?;
+            db::refuse_superuser(&pool, allow_superuser).await?;
+            Some(tokio::spawn(worker::alerts::run(
+                pool,
+                config,
+                metrics,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    if let Some(reports) = reports {
+        reports.await??;
+    }
+    if let Some(alerts) = alerts {
+        alerts.await??;
+    }
+    Ok(())
 }

@@ -56,6 +56,10 @@ pub struct Metrics {
     pub queue_leased: Gauge,
     pub queue_failed: Gauge,
     pub queue_oldest_pending_seconds: Gauge<f64, AtomicU64>,
+    pub alert_deliveries: Family<OutcomeLabels, Counter>,
+    pub alert_delivery_seconds: Histogram,
+    pub alert_queue_pending: Gauge,
+    pub alert_queue_failed: Gauge,
 }
 
 impl Metrics {
@@ -142,6 +146,30 @@ impl Metrics {
             "Age of the oldest usage report not sent yet",
             queue_oldest_pending_seconds.clone(),
         );
+        let alert_deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "alert_deliveries",
+            "Threshold alert deliveries by outcome: delivered or failed (retried by the queue)",
+            alert_deliveries.clone(),
+        );
+        let alert_delivery_seconds = latency_histogram();
+        registry.register(
+            "alert_delivery_duration_seconds",
+            "Time to deliver one alert to every endpoint",
+            alert_delivery_seconds.clone(),
+        );
+        let alert_queue_pending = Gauge::default();
+        registry.register(
+            "alert_queue_pending",
+            "Threshold alerts not delivered yet",
+            alert_queue_pending.clone(),
+        );
+        let alert_queue_failed = Gauge::default();
+        registry.register(
+            "alert_queue_failed",
+            "Threshold alerts given up, kept for tallyd alerts retry",
+            alert_queue_failed.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -157,6 +185,10 @@ impl Metrics {
             queue_leased,
             queue_failed,
             queue_oldest_pending_seconds,
+            alert_deliveries,
+            alert_delivery_seconds,
+            alert_queue_pending,
+            alert_queue_failed,
         }
     }
 

@@ -11,6 +11,8 @@
 
 use pgrx::prelude::*;
 
+mod alert_queue;
+mod alerts;
 mod args;
 mod billing;
 mod cleanup;
@@ -42,6 +44,11 @@ extension_sql_file!("../../sql/schema/events.sql", name = "events");
 extension_sql_file!(
     "../../sql/schema/reports.sql",
     name = "reports",
+    requires = ["counters"]
+);
+extension_sql_file!(
+    "../../sql/schema/alerts.sql",
+    name = "alerts",
     requires = ["counters"]
 );
 extension_sql_file!(

@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiHeapTupleData};
 use pgrx::AllocatedByRust;
 
+use crate::alerts;
 use crate::args;
 use crate::composite;
 use crate::errors::{self, OrRaise, Raise};
@@ -43,7 +44,7 @@ pub(crate) static FAST_INCREMENT: Statement = Statement {
              AND limits_valid
              AND (NOT calendar_period OR period_start = $4)
              AND used <= coalesce(max_units, 9223372036854775807) - $3
-       RETURNING used, max_units, meter_event",
+       RETURNING used, max_units, meter_event, next_alert_at",
     params: &[TEXT, TEXT, INT8, TIMESTAMPTZ],
 };
 
@@ -54,14 +55,16 @@ static ENQUEUE_REPORT: Statement = Statement {
 };
 
 static PEEK_COUNTER: Statement = Statement {
-    sql: "SELECT used, period_start, max_units, calendar_period, limits_valid, meter_event
+    sql: "SELECT used, period_start, max_units, calendar_period, limits_valid, meter_event,
+                 next_alert_at
             FROM tally.usage_counters
            WHERE tenant_id = $1 AND metric = $2",
     params: &[TEXT, TEXT],
 };
 
 static LOCK_COUNTER: Statement = Statement {
-    sql: "SELECT used, period_start, max_units, calendar_period, limits_valid, meter_event
+    sql: "SELECT used, period_start, max_units, calendar_period, limits_valid, meter_event,
+                 next_alert_at
             FROM tally.usage_counters
            WHERE tenant_id = $1 AND metric = $2
              FOR UPDATE",
@@ -118,9 +121,9 @@ static TENANT_COUNTERS: Statement = Statement {
 static WRITE_COUNTER: Statement = Statement {
     sql: "UPDATE tally.usage_counters
              SET used = $3, period_start = $4, max_units = $5, calendar_period = $6,
-                 limits_valid = $7, meter_event = $8
+                 limits_valid = $7, meter_event = $8, next_alert_at = $9
            WHERE tenant_id = $1 AND metric = $2",
-    params: &[TEXT, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, BOOL, TEXT],
+    params: &[TEXT, TEXT, INT8, TIMESTAMPTZ, INT8, BOOL, BOOL, TEXT, INT8],
 };
 
 static WRITE_COUNT: Statement = Statement {
@@ -179,6 +182,7 @@ impl Context {
             calendar_period: self.kind == Kind::Consumable && self.calendar_period,
             valid,
             meter_event: self.meter_event.clone(),
+            next_alert: None,
         }
     }
 }
@@ -250,6 +254,8 @@ struct CachedLimits {
     calendar_period: bool,
     valid: bool,
     meter_event: Option<String>,
+    /// The units of the next alert threshold (see [`alerts`]).
+    next_alert: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,6 +276,7 @@ impl StoredCounter {
                 calendar_period: spi::get(row, 4).unwrap_or(false),
                 valid: spi::get(row, 5).unwrap_or(false),
                 meter_event: spi::get(row, 6),
+                next_alert: spi::get(row, 7),
             },
         }
     }
@@ -321,6 +328,7 @@ fn write_counter(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, stor
             limits.calendar_period.into(),
             limits.valid.into(),
             limits.meter_event.as_deref().into(),
+            limits.next_alert.into(),
         ],
     );
 }
@@ -361,10 +369,21 @@ pub(crate) fn increment(
     ) {
         let used =
             spi::get(&row, 1).unwrap_or_else(|| spi::bug("fast increment without a count".into()));
-        let limit = spi::get::<i64>(&row, 2).map_or(Limit::Unlimited, Limit::Max);
+        let max_units = spi::get::<i64>(&row, 2);
+        let limit = max_units.map_or(Limit::Unlimited, Limit::Max);
+        let next_alert = spi::get::<i64>(&row, 4);
         if let Some(event_name) = spi::get::<String>(&row, 3) {
             enqueue_report(client, tenant_id, metric, &event_name, units);
         }
+        alerts::after_change(
+            client,
+            tenant_id,
+            metric,
+            used - units,
+            used,
+            max_units,
+            next_alert,
+        );
         return Outcome::allowed(used, limit);
     }
 
@@ -401,11 +420,31 @@ pub(crate) fn increment(
         units,
     )
     .unwrap_or_else(|o| raise_overflow(tenant_id, metric, o));
+    // Thresholds matter only under a finite limit.
+    let limit = alerts::finite(context.limit);
+    let percents = match limit {
+        Some(_) => alerts::thresholds(client, tenant_id, metric),
+        None => Vec::new(),
+    };
+    if change.result.allowed {
+        let before = rules::current_count(
+            context.kind,
+            stored.as_ref().map(|s| s.counter),
+            context.period.start,
+        )
+        .used;
+        let period = alerts::alert_period(context.kind, context.period);
+        let after = change.result.used;
+        alerts::record(
+            client, tenant_id, metric, period, &percents, before, after, limit,
+        );
+    }
     if let Some(stored) = stored {
-        let fresh = StoredCounter {
-            counter: change.write.unwrap_or(stored.counter),
-            limits: context.limits(),
-        };
+        let counter = change.write.unwrap_or(stored.counter);
+        let used = rules::current_count(context.kind, Some(counter), context.period.start).used;
+        let mut limits = context.limits();
+        limits.next_alert = rules::alerts::next_alert(limit, &percents, used);
+        let fresh = StoredCounter { counter, limits };
         if fresh != stored {
             write_counter(client, tenant_id, metric, fresh);
         }

@@ -21,7 +21,11 @@ CREATE TABLE tally.usage_counters (
     PRIMARY KEY (tenant_id, metric),
     -- Also part of the copy: the metric's stripe_meter_event (an allowed
     -- increment of a billed metric writes a usage report).
-    meter_event     text
+    meter_event     text,
+    -- Also part of the copy: the units of the lowest alert threshold above
+    -- the count (NULL: none), so an increment that crosses no threshold is
+    -- decided without another statement (see alerts.sql).
+    next_alert_at   bigint
 ) WITH (fillfactor = 70);
 
 -- Keeping the copies valid. A transaction that changes plans, limits or

@@ -40,10 +40,11 @@ BEGIN
                                    'accept_subscription_event', 'tenant_for_api_key',
                                    'claim_usage_reports', 'complete_usage_report', 'fail_usage_report',
                                    'usage_report_stats',
+                                   'claim_alerts', 'complete_alert', 'fail_alert', 'alert_stats',
                                    'apply_payment', 'apply_subscription', 'apply_checkout']),
             ('tally_admin', ARRAY['sync_usage', 'cleanup_provider_events', 'cleanup_idempotency_keys',
                                   'cleanup_usage_reports', 'requeue_failed_usage_reports',
-                                  '_default_plan_id',
+                                  'requeue_failed_alerts', '_default_plan_id',
                                   'enforce_count', 'unenforce_count', '_enforce_count_rows',
                                   '_enforce_register', '_enforce_sync', '_enforce_unregister',
                                   '_enforce_trigger_name']))
@@ -81,6 +82,7 @@ $$;
 -- Configuration is written with plain SQL; everything is readable by admins.
 GRANT SELECT, INSERT, UPDATE, DELETE ON tally.metrics, tally.plans, tally.plan_limits, tally.tenants,
                                         tally.api_keys TO tally_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON tally.alert_thresholds TO tally_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA tally TO tally_admin;
 -- The key that signs checkout references is tally_owner's alone.
 REVOKE ALL ON tally.reference_secret FROM tally_admin;

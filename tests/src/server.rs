@@ -109,6 +109,7 @@ impl Server {
             billing: Default::default(),
             worker,
             timeouts: Default::default(),
+            alerts: None,
         };
         adjust(&mut config);
         let shutdown = CancellationToken::new();

@@ -112,6 +112,9 @@ pub mod message {
     pub const RESETS_CONSUMABLES_ONLY: &str = "reset_usage resets consumables only";
     pub const REFERENCE_TENANT_TOO_LONG: &str = "tenant_id is too long for a checkout reference";
     pub const LEASE_LOST: &str = "usage report lease lost";
+    pub const ALERT_NOT_FOUND: &str = "alert not found";
+    pub const ALERT_THRESHOLD_OUT_OF_RANGE: &str = "alert threshold out of range";
+    pub const ALERT_LEASE_LOST: &str = "alert lease lost";
     pub const RESEND_MAY_BILL_TWICE: &str = "usage reports may be billed twice";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency key reused with other arguments";
     pub const RELEASES_ALLOCATIONS_ONLY: &str = "release_usage releases allocations only";
@@ -400,6 +403,23 @@ pub fn unknown_metric_kind(metric: &str, kind: Option<&str>) -> Failure {
         .hint("kind is 'consumable' (reset each billing period) or 'allocation' (a standing count such as seats)")
 }
 
+/// A threshold in tally.alert_thresholds that is not a whole percentage
+/// from 1 to 100 (the table's trigger raises it).
+pub fn alert_threshold_out_of_range(
+    metric: &str,
+    plan_id: Option<&str>,
+    percent: Option<i32>,
+) -> Failure {
+    Failure::new(InvalidParameterValue, message::ALERT_THRESHOLD_OUT_OF_RANGE)
+        .detail(format!(
+            "metric {}, plan {}, percent {}",
+            quoted(metric),
+            plan_id.map_or("NULL".into(), quoted),
+            percent.map_or("NULL".into(), |p| p.to_string())
+        ))
+        .hint("a threshold is a percentage of the metric's limit, from 1 to 100 (plan_id NULL: every plan)")
+}
+
 pub fn empty_meter_event(metric: &str) -> Failure {
     Failure::new(InvalidParameterValue, message::EMPTY_METER_EVENT)
         .detail(format!("metric {}", quoted(metric)))
@@ -522,7 +542,24 @@ pub fn report_not_found(ids: &[i64]) -> Failure {
         .hint("list reports with tallyd reports, or in tally.usage_reports")
 }
 
+/// A worker or operator named alerts that do not exist.
+pub fn alert_not_found(ids: &[i64]) -> Failure {
+    Failure::new(NoDataFound, message::ALERT_NOT_FOUND)
+        .detail(format!("no alert has id {}", listed_ids(ids)))
+        .hint("list alerts with tallyd alerts, or in tally.alerts")
+}
+
 // Refusals.
+
+/// A worker settled an alert with the token of a claim that is no longer the
+/// alert's: its lease lapsed and another claim took the alert.
+pub fn alert_lease_lost(id: i64, attempts: i32) -> Failure {
+    Failure::new(ObjectNotInPrerequisiteState, message::ALERT_LEASE_LOST)
+        .detail(format!(
+            "alert {id} was claimed again after this lease (attempt {attempts} holds it)"
+        ))
+        .hint("drop this result: the alert's current holder delivers and settles it; receivers deduplicate by webhook-id")
+}
 
 /// A worker settled a report with the token of a claim that is no longer
 /// the report's: its lease lapsed and another claim took the report.

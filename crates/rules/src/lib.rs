@@ -8,6 +8,7 @@
 //! and tallyd both build on this crate, so a kind, a status, a provider or an
 //! error means the same thing on both sides of the SQL API.
 
+pub mod alerts;
 pub mod billing;
 mod counter;
 pub mod errors;

@@ -17,7 +17,9 @@ use crate::db::events::BillingConfig;
 use crate::http::Timeouts;
 use crate::signature::Secrets;
 use crate::telemetry::{self, LogFormat};
+use crate::worker::alerts::AlertConfig;
 use crate::worker::stripe::MeterClient;
+use crate::worker::webhook::WebhookSecret;
 use crate::worker::WorkerConfig;
 use crate::Config;
 
@@ -72,6 +74,8 @@ pub struct ServeArgs {
     pub allow_superuser: bool,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub alerts: AlertArgs,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
     /// Also serve /metrics, /readyz and /healthz on this address (an admin
@@ -167,6 +171,8 @@ pub struct WorkerArgs {
 pub struct WorkerCommandArgs {
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub alerts: AlertArgs,
     /// Run even when the database role is a superuser (tallyd needs only a
     /// role granted tally_daemon); logs a warning.
     #[arg(long, env = "TALLY_ALLOW_SUPERUSER", value_parser = BoolishValueParser::new())]
@@ -207,6 +213,68 @@ impl WorkerArgs {
     }
 }
 
+/// Where threshold alerts go. The signing secret comes from
+/// `TALLY_ALERT_SECRET` (or `_FILE`).
+#[derive(Debug, Args)]
+pub struct AlertArgs {
+    /// Deliver threshold alerts to this endpoint (http:// or https://) as
+    /// Standard Webhooks; repeat the flag, or separate with commas, for
+    /// several. Needs TALLY_ALERT_SECRET.
+    #[arg(long = "alert-url", env = "TALLY_ALERT_URL", value_delimiter = ',')]
+    pub alert_urls: Vec<String>,
+    /// Time allowed for one endpoint to answer an alert.
+    #[arg(long, env = "TALLY_ALERT_TIMEOUT", default_value = "10s", value_parser = parse_span)]
+    pub alert_timeout: Span,
+}
+
+impl AlertArgs {
+    /// The alert worker these flags describe with the secret `secret`; none
+    /// without an endpoint.
+    pub fn alerts(&self, secret: Option<&str>) -> Result<Option<AlertConfig>> {
+        let urls: Vec<&str> = self
+            .alert_urls
+            .iter()
+            .map(|url| url.trim())
+            .filter(|url| !url.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let endpoints = urls
+            .iter()
+            .enumerate()
+            .map(|(index, url)| {
+                let parsed = reqwest::Url::parse(url)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+                parsed.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "alert endpoint {} is not an http:// or https:// URL",
+                        index + 1
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let Some(secret) = secret.filter(|secret| !secret.is_empty()) else {
+            bail!("alert endpoints need a signing secret: set TALLY_ALERT_SECRET or TALLY_ALERT_SECRET_FILE (whsec_<base64>)");
+        };
+        let secret = WebhookSecret::parse(secret).map_err(|error| anyhow::anyhow!(error))?;
+        if self.alert_timeout.0.is_zero() {
+            bail!("--alert-timeout must be positive");
+        }
+        Ok(Some(AlertConfig::new(
+            endpoints,
+            secret,
+            self.alert_timeout.0,
+        )))
+    }
+
+    fn with_env_secret(&self) -> Result<Option<AlertConfig>> {
+        let secret = secrets::from_env(secrets::TALLY_ALERT_SECRET)?;
+        self.alerts(secret.as_deref())
+    }
+}
+
 /// `tallyd serve`.
 pub(super) async fn serve(url: &str, args: ServeArgs) -> Result<()> {
     telemetry::init(args.log_format);
@@ -227,6 +295,11 @@ pub(super) async fn serve(url: &str, args: ServeArgs) -> Result<()> {
             unlinked_retry_window: args.unlinked_retry_window.0,
         },
         timeouts: args.timeouts.timeouts()?,
+        alerts: if args.no_worker {
+            None
+        } else {
+            args.alerts.with_env_secret()?
+        },
         worker: if args.no_worker {
             None
         } else {
@@ -260,12 +333,17 @@ pub(super) async fn serve(url: &str, args: ServeArgs) -> Result<()> {
 pub(super) async fn worker(url: &str, args: WorkerCommandArgs) -> Result<()> {
     telemetry::init(args.log_format);
     let key = secrets::from_env(secrets::STRIPE_SECRET_KEY)?;
-    let Some((client, config)) = args.worker.worker(key.as_deref())? else {
-        bail!("no Stripe secret key: set STRIPE_SECRET_KEY or STRIPE_SECRET_KEY_FILE");
-    };
+    let reports = args.worker.worker(key.as_deref())?;
+    let alerts = args.alerts.with_env_secret()?;
+    if reports.is_none() && alerts.is_none() {
+        bail!("no Stripe secret key and no alert endpoint: set STRIPE_SECRET_KEY or STRIPE_SECRET_KEY_FILE, or --alert-url");
+    }
+    if reports.is_none() {
+        tracing::warn!("no STRIPE_SECRET_KEY: usage reports are not sent; delivering alerts only");
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    crate::run_worker(url, args.allow_superuser, client, config, shutdown).await
+    crate::run_workers(url, args.allow_superuser, reports, alerts, shutdown).await
 }
 
 /// Cancel on SIGTERM or ctrl-c: the server finishes what is in flight.

@@ -8,6 +8,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod alerts;
 mod daemon;
 mod format;
 mod links;
@@ -51,6 +52,11 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<ReportsCommand>,
     },
+    /// Threshold alerts: the queue and the newest alerts.
+    Alerts {
+        #[command(subcommand)]
+        command: Option<AlertsCommand>,
+    },
     /// Metrics, plans and limits.
     #[command(subcommand)]
     Plans(PlansCommand),
@@ -88,6 +94,19 @@ pub enum ReportsCommand {
         /// Stripe that their events did not arrive, or they may be billed twice.
         #[arg(long)]
         allow_resend_after_24h: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Put failed alerts back in the queue (delivered again with the same
+    /// webhook-id).
+    Retry {
+        /// Alert ids.
+        ids: Vec<i64>,
+        /// Every failed alert.
+        #[arg(long, conflicts_with = "ids")]
+        all_failed: bool,
     },
 }
 
@@ -159,6 +178,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     allow_resend_after_24h,
                 }),
         } => reports::retry(url, &ids, all_failed, allow_resend_after_24h).await,
+        Command::Alerts { command: None } => alerts::show(url).await,
+        Command::Alerts {
+            command: Some(AlertsCommand::Retry { ids, all_failed }),
+        } => alerts::retry(url, &ids, all_failed).await,
         Command::Plans(PlansCommand::Apply { file }) => operator::apply_plans(url, &file).await,
         Command::Tenants(TenantsCommand::Create { tenant_id, plan }) => {
             operator::create_tenant(url, &tenant_id, plan.as_deref()).await

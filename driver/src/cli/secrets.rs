@@ -11,17 +11,20 @@ use anyhow::{bail, Context, Result};
 pub const STRIPE_WEBHOOK_SECRET: &str = "STRIPE_WEBHOOK_SECRET";
 pub const PADDLE_WEBHOOK_SECRET: &str = "PADDLE_WEBHOOK_SECRET";
 pub const STRIPE_SECRET_KEY: &str = "STRIPE_SECRET_KEY";
+pub const TALLY_ALERT_SECRET: &str = "TALLY_ALERT_SECRET";
 
 /// For `--help`: where `serve` and `worker` find their secrets.
 pub const SERVE_HELP: &str = "\
 Secrets are read from the environment only, each from NAME or from a file named by NAME_FILE:
   STRIPE_WEBHOOK_SECRET   Stripe webhook signing secrets, comma-separated (several while rotating)
   PADDLE_WEBHOOK_SECRET   Paddle webhook signing secrets, comma-separated
-  STRIPE_SECRET_KEY       Stripe secret key, for sending usage reports";
+  STRIPE_SECRET_KEY       Stripe secret key, for sending usage reports
+  TALLY_ALERT_SECRET      Standard Webhooks signing secret (whsec_<base64>), for alerts (--alert-url)";
 
 pub const WORKER_HELP: &str = "\
 Secrets are read from the environment only, from NAME or from a file named by NAME_FILE:
-  STRIPE_SECRET_KEY       Stripe secret key, for sending usage reports";
+  STRIPE_SECRET_KEY       Stripe secret key, for sending usage reports
+  TALLY_ALERT_SECRET      Standard Webhooks signing secret (whsec_<base64>), for alerts (--alert-url)";
 
 /// The secret `name`, from the process environment.
 pub fn from_env(name: &str) -> Result<Option<String>> {

@@ -13,6 +13,7 @@
 //! back as one [`Error`].
 
 pub mod admin;
+pub mod alerts;
 mod error;
 pub mod events;
 pub mod reports;

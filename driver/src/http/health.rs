@@ -58,6 +58,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 .queue_oldest_pending_seconds
                 .set(stats.oldest_pending_seconds.unwrap_or(0.0));
         }
+        if let Ok(stats) = db::alerts::stats(&client).await {
+            state.metrics.alert_queue_pending.set(stats.pending);
+            state.metrics.alert_queue_failed.set(stats.failed);
+        }
     }
     (
         [(

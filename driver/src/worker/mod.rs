@@ -10,8 +10,10 @@
 //! it, and a report sent but not recorded is sent again with the same
 //! identifier, which Stripe counts once.
 
+pub mod alerts;
 pub mod limiter;
 pub mod stripe;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
