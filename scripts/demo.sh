@@ -31,7 +31,8 @@ pg "$port" -d $database -c "
             CREATE ROLE tally_demo_daemon LOGIN; END IF;
     END \$\$;
     GRANT tally_admin TO tally_demo_admin;
-    GRANT tally_daemon TO tally_demo_daemon;" 2>/dev/null
+    GRANT tally_daemon TO tally_demo_daemon;
+    CREATE SCHEMA app AUTHORIZATION tally_demo_admin;" 2>/dev/null
 export DATABASE_URL
 DATABASE_URL=postgresql://tally_demo_admin@127.0.0.1:$port/$database
 daemon_url=postgresql://tally_demo_daemon@127.0.0.1:$port/$database
@@ -97,7 +98,8 @@ webhook "$paid"
 show "tallyd usage globex"
 "$tallyd" usage globex
 
-say "usage reports: messages are billed, so each allowed check left one in the queue"
+say "usage reports: messages are billed, so each allowed check left one in the queue;
+    and the checks that crossed 80% and 100% of messages each left an alert"
 # The demo retries failed sends after 200 ms instead of the default 10 s.
 pg "$port" -c "ALTER DATABASE $database SET tally.report_backoff_base = '200ms'"
 stripe_port=${TALLY_DEMO_STRIPE_PORT:-12111}
@@ -105,19 +107,32 @@ export STRIPE_SECRET_KEY=sk_test_demo STRIPE_API_BASE=http://127.0.0.1:$stripe_p
 "$CARGO_TARGET_DIR/release/fake-stripe" --listen "127.0.0.1:$stripe_port" --secret-key "$STRIPE_SECRET_KEY" \
     --server-errors 0.3 2>"$TALLY_RUN_DIR/demo/fake-stripe.log" &
 fake_pid=$!
+receiver_port=${TALLY_DEMO_RECEIVER_PORT:-12112}
+export TALLY_ALERT_SECRET
+TALLY_ALERT_SECRET=whsec_$(head -c 32 /dev/urandom | base64)
+show "a local alert receiver on 127.0.0.1:$receiver_port (scripts/alert-receiver.py checks each signature itself)"
+python3 "$TALLY_ROOT/scripts/alert-receiver.py" "$receiver_port" &
+receiver_pid=$!
+trap 'kill $tallyd_pid ${fake_pid:-} ${worker_pid:-} ${receiver_pid:-} 2>/dev/null || true' EXIT
 show "tallyd reports"
 "$tallyd" reports
-show "tallyd worker   (against a local fake of Stripe that fails 30% of calls with a 500)"
-DATABASE_URL=$daemon_url "$tallyd" worker 2>"$TALLY_RUN_DIR/demo/worker.log" &
+show "tallyd alerts"
+"$tallyd" alerts
+show "tallyd worker --alert-url http://127.0.0.1:$receiver_port/   (the fake Stripe fails 30% of calls with a 500)"
+DATABASE_URL=$daemon_url "$tallyd" worker --alert-url "http://127.0.0.1:$receiver_port/" \
+    2>"$TALLY_RUN_DIR/demo/worker.log" &
 worker_pid=$!
 for _ in $(seq 600); do
-    pending=$(pg "$port" -d $database -At -c "SELECT pending FROM tally.usage_report_stats()")
+    pending=$(pg "$port" -d $database -At -c "SELECT (SELECT pending FROM tally.usage_report_stats())
+                                                   + (SELECT pending FROM tally.alert_stats())")
     [ "$pending" = 0 ] && break
     sleep 0.1
 done
 kill -TERM $worker_pid; wait $worker_pid || true
 show "tallyd reports"
 "$tallyd" reports
+show "tallyd alerts"
+"$tallyd" alerts
 show "what the fake Stripe counted: GET ${STRIPE_API_BASE}_fake/events"
 curl -sS "${STRIPE_API_BASE}_fake/events" | python3 -c '
 import json, sys
@@ -126,8 +141,8 @@ for e in json.load(sys.stdin):
 retried=$(grep -c "will be retried" "$TALLY_RUN_DIR/demo/worker.log" || true)
 echo "  sends retried after a 500: $retried (the worker's log: $TALLY_RUN_DIR/demo/worker.log)"
 
-kill -TERM $tallyd_pid $fake_pid
-wait $tallyd_pid $fake_pid || true
+kill -TERM $tallyd_pid $fake_pid $receiver_pid
+wait $tallyd_pid $fake_pid $receiver_pid 2>/dev/null || true
 trap - EXIT
 
 cat <<MSG
