@@ -552,3 +552,50 @@ fn enabling_is_for_the_tables_owner_and_checks_its_arguments() {
         .unwrap_err();
     assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
 }
+
+#[test]
+fn a_row_that_crosses_a_threshold_writes_its_alert_and_a_refused_one_none() {
+    let db = setup("");
+    enforce(&db, "chatbots", None);
+    let mut admin = db.connect();
+    admin
+        .batch_execute(
+            "INSERT INTO tally.alert_thresholds (metric, plan_id, percent)
+             VALUES ('chatbots', NULL, 80), ('chatbots', NULL, 100)",
+        )
+        .unwrap();
+    tenant(&mut admin, "acme", "free");
+    let alerts = |admin: &mut Client| -> Vec<(i32, i64)> {
+        admin
+            .query(
+                "SELECT percent, used FROM tally.alerts WHERE tenant_id = 'acme' ORDER BY percent",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    };
+    let mut app = db.connect_as("tally_app");
+    insert(&mut app, "acme", 3).unwrap();
+    assert_eq!(alerts(&mut admin), vec![]);
+    // 3 -> 4 of 5 reaches 80%, in the INSERT's own transaction.
+    let mut transaction = app.transaction().unwrap();
+    transaction
+        .execute("INSERT INTO app.chatbots (tenant_id) VALUES ('acme')", &[])
+        .unwrap();
+    transaction.rollback().unwrap();
+    assert_eq!(alerts(&mut admin), vec![], "a rolled-back row alerts");
+    insert(&mut app, "acme", 1).unwrap();
+    assert_eq!(alerts(&mut admin), vec![(80, 4)]);
+    // Two more rows do not fit: refused whole, and 100% is not reached.
+    let refused = insert(&mut app, "acme", 2).unwrap_err();
+    assert_eq!(failure(&refused).state.code(), TL001);
+    assert_eq!(alerts(&mut admin), vec![(80, 4)]);
+    insert(&mut app, "acme", 1).unwrap();
+    assert_eq!(alerts(&mut admin), vec![(80, 4), (100, 5)]);
+    assert_eq!(
+        used(&mut admin, "acme", "chatbots"),
+        rows(&mut admin, "acme")
+    );
+}
