@@ -144,7 +144,7 @@ BEGIN
                   WHERE %1$I IS NOT NULL GROUP BY 1) AS r
            FULL JOIN (SELECT tenant_id FROM tally.usage_counters WHERE metric = %4$L AND used <> 0) AS c
              ON c.tenant_id = r.t
-          ORDER BY 1 COLLATE "C"',
+          ORDER BY coalesce(r.t, c.tenant_id) COLLATE "C"',
         enforced.tenant_column,
         CASE WHEN enforced.units_column IS NULL THEN '1'
              ELSE pg_catalog.format('coalesce(%I, 0)', enforced.units_column) END,
