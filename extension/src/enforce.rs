@@ -6,13 +6,15 @@
 //! limit copy, a consumable's new period, usage reports), a give-back through
 //! the decrement rules, and enabling sets a counter to the rows it has.
 
+use std::collections::HashSet;
+
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use crate::args;
 use crate::errors::{self, OrRaise, Raise};
 use crate::rules::{self, Counter, Kind, Outcome};
-use crate::spi;
+use crate::spi::{self, Statement, INT8_ARRAY, TEXT, TEXT_ARRAY, TIMESTAMPTZ};
 use crate::usage;
 
 /// What one statement does to one tenant's counter.
@@ -62,8 +64,9 @@ pub fn apply(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str, change: 
 /// (negative) by one statement for one tenant, or with `sync` the units the
 /// tenant's rows hold. Owned by tally_owner and granted to no one: only the
 /// trigger functions and `enforce_count`, which run as tally_owner, call it.
+/// Called once per tenant per statement, it pins its search path inside (as
+/// `check_and_increment_usage` does) rather than with a `SET` clause.
 #[pg_extern(security_definer, requires = ["counters"])]
-#[search_path(pg_catalog, pg_temp)]
 fn _enforce_apply(
     tenant_id: Option<&str>,
     metric: Option<&str>,
@@ -81,6 +84,145 @@ fn _enforce_apply(
     } else {
         Change::Delta(units)
     };
-    let outcome = Spi::connect_mut(|client| apply(client, tenant_id, metric, change));
+    let outcome = spi::with_catalog_search_path(|| {
+        Spi::connect_mut(|client| apply(client, tenant_id, metric, change))
+    });
     usage::usage_check(outcome)
+}
+
+/// Counters of a metric present for some tenants.
+static COUNTERS_PRESENT: Statement = Statement {
+    sql: "SELECT count(*) FROM tally.usage_counters WHERE metric = $1 AND tenant_id = ANY ($2)",
+    params: &[TEXT, TEXT_ARRAY],
+};
+
+/// Lock the counters of some tenants in one fixed order (the tenants' bytes),
+/// the order of every statement's per-tenant work, so two statements cannot
+/// wait for each other.
+static LOCK_IN_ORDER: Statement = Statement {
+    sql: "SELECT FROM tally.usage_counters WHERE metric = $1 AND tenant_id = ANY ($2)
+           ORDER BY tenant_id COLLATE \"C\" FOR UPDATE",
+    params: &[TEXT, TEXT_ARRAY],
+};
+
+/// [`usage::FAST_INCREMENT`] for many tenants at once, for the counters that
+/// need nothing else: no usage report (no meter event) and no alert threshold
+/// reached. Returns the tenants it counted.
+static FAST_INCREMENT_ALL: Statement = Statement {
+    sql: "UPDATE tally.usage_counters AS c
+             SET used = c.used + d.units
+            FROM unnest($2::text[], $3::bigint[]) AS d (tenant_id, units)
+           WHERE c.tenant_id = d.tenant_id AND c.metric = $1 AND d.units > 0
+             AND c.limits_valid
+             AND (NOT c.calendar_period OR c.period_start = $4)
+             AND c.used <= coalesce(c.max_units, 9223372036854775807) - d.units
+             AND c.meter_event IS NULL
+             AND (c.next_alert_at IS NULL OR c.used < c.next_alert_at - d.units)
+       RETURNING c.tenant_id",
+    params: &[TEXT, TEXT_ARRAY, INT8_ARRAY, TIMESTAMPTZ],
+};
+
+/// From this many tenants in one statement on, their counters are locked
+/// and counted with one statement each rather than one per tenant.
+const SET_BASED_FROM: usize = 8;
+
+/// A statement's changes to several tenants, sorted by tenant: units taken
+/// (positive) or given back (negative). Stops at the first tenant whose units
+/// do not fit and returns it (the trigger raises; the statement's writes,
+/// these included, roll back).
+pub fn apply_all(
+    client: &mut SpiClient<'_>,
+    metric: &str,
+    tenants: &[String],
+    deltas: &[i64],
+) -> Option<(String, Outcome, i64)> {
+    let mut counted: HashSet<&str> = HashSet::new();
+    let ids: Vec<&str> = tenants.iter().map(String::as_str).collect();
+    if tenants.len() >= SET_BASED_FROM {
+        let present: i64 = spi::first_row(
+            client,
+            &COUNTERS_PRESENT,
+            &[metric.into(), ids.clone().into()],
+        )
+        .and_then(|row| spi::get(&row, 1))
+        .unwrap_or(0);
+        // With a counter missing, first use creates it in the loop below, in
+        // the same order; locking the others first would break the order.
+        if present == tenants.len() as i64 {
+            spi::run(client, &LOCK_IN_ORDER, &[metric.into(), ids.clone().into()]);
+            let month = spi::timestamptz(Some(rules::month_start(spi::now())));
+            let rows: Vec<String> = spi::run(
+                client,
+                &FAST_INCREMENT_ALL,
+                &[
+                    metric.into(),
+                    ids.clone().into(),
+                    deltas.to_vec().into(),
+                    month,
+                ],
+            )
+            .filter_map(|row| spi::get::<String>(&row, 1))
+            .collect();
+            for tenant in rows {
+                if let Some(id) = ids.iter().find(|id| **id == tenant) {
+                    counted.insert(id);
+                }
+            }
+        }
+    }
+    for (tenant, &units) in tenants.iter().zip(deltas) {
+        if units == 0 || counted.contains(tenant.as_str()) {
+            continue;
+        }
+        let outcome = apply(client, tenant, metric, Change::Delta(units));
+        if !outcome.allowed {
+            return Some((tenant.clone(), outcome, units));
+        }
+    }
+    None
+}
+
+/// The trigger function's entry: one statement's changes, tenants sorted
+/// (`COLLATE "C"`) with their units taken or given back (`deltas`). Returns
+/// no row when every change fit, or the first tenant whose units did not fit
+/// (its count, its limit, and the units the statement `needs`). Granted to
+/// no one: only the trigger function, which runs as tally_owner, calls it.
+#[pg_extern(security_definer, requires = ["counters"])]
+fn _enforce_apply_all(
+    metric: Option<&str>,
+    tenants: Option<Vec<Option<String>>>,
+    deltas: Option<Vec<Option<i64>>>,
+) -> TableIterator<
+    'static,
+    (
+        name!(tenant_id, String),
+        name!(used, i64),
+        name!(max_units, Option<i64>),
+        name!(needs, i64),
+    ),
+> {
+    let metric = args::id("metric", metric).or_raise();
+    let tenants: Vec<String> = tenants
+        .unwrap_or_else(|| errors::null_argument("tenants").raise())
+        .into_iter()
+        .map(|t| t.unwrap_or_else(|| errors::null_argument("tenants").raise()))
+        .collect();
+    let deltas: Vec<i64> = deltas
+        .unwrap_or_else(|| errors::null_argument("deltas").raise())
+        .into_iter()
+        .map(|u| u.unwrap_or_else(|| errors::null_argument("deltas").raise()))
+        .collect();
+    if tenants.len() != deltas.len() {
+        errors::bug(format!(
+            "{} tenants and {} deltas",
+            tenants.len(),
+            deltas.len()
+        ))
+    }
+    let refused = spi::with_catalog_search_path(|| {
+        Spi::connect_mut(|client| apply_all(client, metric, &tenants, &deltas))
+    });
+    TableIterator::new(
+        refused.map(|(tenant, outcome, units)| (tenant, outcome.used, outcome.max_units, units)),
+    )
 }

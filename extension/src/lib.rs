@@ -59,7 +59,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/schema/enforce.sql",
     name = "enforce",
-    requires = ["counters", _enforce_apply]
+    requires = ["counters", _enforce_apply, _enforce_apply_all]
 );
 // Owners and privileges of everything above, once it all exists.
 extension_sql_file!("../../sql/schema/grants.sql", name = "grants", finalize);

@@ -603,3 +603,71 @@ fn a_row_that_crosses_a_threshold_writes_its_alert_and_a_refused_one_none() {
         rows(&mut admin, "acme")
     );
 }
+
+#[test]
+fn a_statement_over_many_tenants_counts_each_alerts_each_and_fails_whole() {
+    let db = setup("");
+    enforce(&db, "chatbots", None);
+    let mut admin = db.connect();
+    let tenants: Vec<String> = (0..12).map(|i| format!("bulk-{i:02}")).collect();
+    for t in &tenants {
+        tenant(&mut admin, t, "free");
+    }
+    let mut app = db.connect_as("tally_app");
+    // Rows for every tenant in one statement, `per` each.
+    let insert_all = |app: &mut Client, tenants: &[String], per: i64| {
+        app.execute(
+            "INSERT INTO app.chatbots (tenant_id)
+             SELECT t FROM unnest($1::text[]) AS t, generate_series(1, $2::bigint)",
+            &[&tenants, &per],
+        )
+    };
+    // First use of every counter, then the counters all present.
+    insert_all(&mut app, &tenants, 1).unwrap();
+    insert_all(&mut app, &tenants, 2).unwrap();
+    for t in &tenants {
+        assert_eq!(used(&mut admin, t, "chatbots"), 3, "{t}");
+    }
+    // A threshold at 80% (4 of 5): the next statement crosses it for all.
+    admin
+        .batch_execute(
+            "INSERT INTO tally.alert_thresholds (metric, plan_id, percent) VALUES ('chatbots', NULL, 80)",
+        )
+        .unwrap();
+    insert_all(&mut app, &tenants, 1).unwrap();
+    let alerted: i64 = admin
+        .query_one(
+            "SELECT count(DISTINCT tenant_id) FROM tally.alerts WHERE metric = 'chatbots' AND percent = 80",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(alerted, tenants.len() as i64);
+    // Every tenant is at 4 of 5 but one, which a DELETE takes to 3: two
+    // more rows each fit none but that one, so the statement fails whole,
+    // naming the first tenant (in byte order) that has no room.
+    admin
+        .execute(
+            "DELETE FROM app.chatbots WHERE id = (SELECT min(id) FROM app.chatbots WHERE tenant_id = 'bulk-07')",
+            &[],
+        )
+        .unwrap();
+    let refused = insert_all(&mut app, &tenants, 2).unwrap_err();
+    assert_eq!(
+        failure(&refused),
+        errors::enforced_limit_exceeded("bulk-00", "chatbots", 4, Some(5), 2)
+    );
+    for t in &tenants {
+        assert_eq!(
+            used(&mut admin, t, "chatbots"),
+            rows(&mut admin, t),
+            "{t} after the refused statement"
+        );
+    }
+    assert_eq!(used(&mut admin, "bulk-07", "chatbots"), 3);
+    insert_all(&mut app, &tenants, 1).unwrap();
+    for t in &tenants {
+        assert_eq!(used(&mut admin, t, "chatbots"), rows(&mut admin, t), "{t}");
+        assert!(rows(&mut admin, t) <= 5, "{t}");
+    }
+}
