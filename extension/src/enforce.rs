@@ -136,7 +136,7 @@ pub fn apply_all(
     tenants: &[String],
     deltas: &[i64],
 ) -> Option<(String, Outcome, i64)> {
-    let mut counted: HashSet<&str> = HashSet::new();
+    let mut counted: HashSet<String> = HashSet::new();
     let ids: Vec<&str> = tenants.iter().map(String::as_str).collect();
     if tenants.len() >= SET_BASED_FROM {
         let present: i64 = spi::first_row(
@@ -151,7 +151,7 @@ pub fn apply_all(
         if present == tenants.len() as i64 {
             spi::run(client, &LOCK_IN_ORDER, &[metric.into(), ids.clone().into()]);
             let month = spi::timestamptz(Some(rules::month_start(spi::now())));
-            let rows: Vec<String> = spi::run(
+            counted = spi::run(
                 client,
                 &FAST_INCREMENT_ALL,
                 &[
@@ -163,15 +163,10 @@ pub fn apply_all(
             )
             .filter_map(|row| spi::get::<String>(&row, 1))
             .collect();
-            for tenant in rows {
-                if let Some(id) = ids.iter().find(|id| **id == tenant) {
-                    counted.insert(id);
-                }
-            }
         }
     }
     for (tenant, &units) in tenants.iter().zip(deltas) {
-        if units == 0 || counted.contains(tenant.as_str()) {
+        if units == 0 || counted.contains(tenant) {
             continue;
         }
         let outcome = apply(client, tenant, metric, Change::Delta(units));
