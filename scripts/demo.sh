@@ -114,6 +114,10 @@ show "a local alert receiver on 127.0.0.1:$receiver_port (scripts/alert-receiver
 python3 "$TALLY_ROOT/scripts/alert-receiver.py" "$receiver_port" &
 receiver_pid=$!
 trap 'kill $tallyd_pid ${fake_pid:-} ${worker_pid:-} ${receiver_pid:-} 2>/dev/null || true' EXIT
+for _ in $(seq 100); do   # until it listens
+    curl -s -o /dev/null "http://127.0.0.1:$receiver_port/" && break
+    sleep 0.1
+done
 show "tallyd reports"
 "$tallyd" reports
 show "tallyd alerts"

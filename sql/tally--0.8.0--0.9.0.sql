@@ -309,9 +309,15 @@ BEGIN
         EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %s TO tally_owner', schema_id::pg_catalog.regnamespace);
     END IF;
     EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO tally_owner', table_name);
+    -- (Dropped only where they exist: DROP TRIGGER IF EXISTS would send a
+    -- notice for each one missing.)
     FOREACH operation IN ARRAY ARRAY['insert', 'delete', 'update', 'truncate'] LOOP
-        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s',
-                                  tally._enforce_trigger_name(metric, operation), table_name);
+        IF EXISTS (SELECT FROM pg_catalog.pg_trigger AS t
+                    WHERE t.tgrelid = table_name
+                      AND t.tgname = tally._enforce_trigger_name(metric, operation)) THEN
+            EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s',
+                                      tally._enforce_trigger_name(metric, operation), table_name);
+        END IF;
     END LOOP;
     EXECUTE pg_catalog.format(
         'CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS tally_new
@@ -353,9 +359,15 @@ BEGIN
         RAISE EXCEPTION 'metric must not be null' USING ERRCODE = 'null_value_not_allowed',
             HINT = 'pass a value for metric';
     END IF;
+    -- (Dropped only where they exist: DROP TRIGGER IF EXISTS would send a
+    -- notice for each one missing.)
     FOREACH operation IN ARRAY ARRAY['insert', 'delete', 'update', 'truncate'] LOOP
-        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s',
-                                  tally._enforce_trigger_name(metric, operation), table_name);
+        IF EXISTS (SELECT FROM pg_catalog.pg_trigger AS t
+                    WHERE t.tgrelid = table_name
+                      AND t.tgname = tally._enforce_trigger_name(metric, operation)) THEN
+            EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s',
+                                      tally._enforce_trigger_name(metric, operation), table_name);
+        END IF;
     END LOOP;
     IF NOT tally._enforce_unregister(table_name, metric) THEN
         RETURN false;
