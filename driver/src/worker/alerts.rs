@@ -21,13 +21,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::stripe::parse_retry_after;
 use super::webhook::{self, WebhookSecret};
 use crate::db::alerts::{self as db, Alert};
 use crate::db::Pool;
 use crate::metrics::{Metrics, OutcomeLabels};
-
-/// The longest `Retry-After` an endpoint gets honoured.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct AlertConfig {
@@ -189,12 +187,12 @@ async fn deliver(http: &reqwest::Client, config: &AlertConfig, alert: &Alert) ->
         match sent {
             Ok(response) if response.status().is_success() => {}
             Ok(response) => {
+                // Seconds or an HTTP date, at most an hour: as from Stripe.
                 let after = response
                     .headers()
                     .get("retry-after")
                     .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.trim().parse::<u64>().ok())
-                    .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
+                    .and_then(|value| parse_retry_after(value, chrono::Utc::now()));
                 retry_after = retry_after.max(after);
                 errors.push(format!(
                     "endpoint {} answered {}",
