@@ -19,7 +19,8 @@
 # enforce: tally.enforce_count on an application's table against the same
 #   table without it (plain) and against the floor (the same INSERT and a bare
 #   UPDATE of its counters in one statement): single-row INSERTs (8 clients,
-#   1,000 tenants) and a 10,000-row INSERT over 1,000 tenants (1 client),
+#   1,000 tenants), a 10,000-row INSERT over 1,000 tenants and one for a single
+#   tenant (an import; 1 client),
 #   durable and async.
 #   Not part of `all`.
 #
@@ -190,6 +191,9 @@ enforce() {
             enforce_run "bulk-$mode-plain" $mode 1 enforce_bulk_plain 10000
             enforce_run "bulk-$mode-floor" $mode 1 enforce_bulk_floor 10000
             enforce_run "bulk-$mode-enforced" $mode 1 enforce_bulk 10000
+            enforce_run "import-$mode-plain" $mode 1 enforce_import_plain 10000
+            enforce_run "import-$mode-floor" $mode 1 enforce_import_floor 10000
+            enforce_run "import-$mode-enforced" $mode 1 enforce_import 10000
         done
     done
 }
@@ -232,6 +236,11 @@ if part == "enforce":
     for mode, label in (("on", "durable"), ("off", "async")):
         bp, bf, be = (median(f"bulk-{mode}-{v}", 2) for v in ("plain", "floor", "enforced"))
         print(f"| {label} | {bp:.1f} | {bf:.1f} | {be:.1f} | {(bf / bp - 1) * 100:+.0f}% | {(be / bp - 1) * 100:+.0f}% |")
+    print("\n| commit | 10,000-row INSERT for one tenant ms: plain | floor | enforced | floor overhead | enforced overhead |")
+    print("|---|---|---|---|---|---|")
+    for mode, label in (("on", "durable"), ("off", "async")):
+        ip, if_, ie = (median(f"import-{mode}-{v}", 2) for v in ("plain", "floor", "enforced"))
+        print(f"| {label} | {ip:.1f} | {if_:.1f} | {ie:.1f} | {(if_ / ip - 1) * 100:+.0f}% | {(ie / ip - 1) * 100:+.0f}% |")
 if part in ("lifecycle", "all"):
     print(f"\n| commit | event locks/s ({clients} clients) | reports claimed + completed/s (4 workers) | unbilled tps | billed tps | billed / unbilled |")
     print("|---|---|---|---|---|---|")

@@ -1,7 +1,7 @@
-//! `tally.enforce_count`: the counter side. The trigger functions on an
-//! application's table (`sql/schema/enforce.sql`) sum a statement's rows per
-//! tenant and hand each tenant's change, in sorted tenant order, to
-//! [`apply`], the one place where enforcement changes a counter: an increment
+//! `tally.enforce_count`: the counter side. The trigger function on an
+//! application's table ([`tally_enforce_count_rows`]) sums a statement's rows
+//! per tenant ([`crate::transition`]) and hands each tenant's change, in
+//! sorted tenant order, to [`apply`], the one place where enforcement changes a counter: an increment
 //! goes through the same path as `check_and_increment_usage` (first use, the
 //! limit copy, a consumable's new period, usage reports), a give-back through
 //! the decrement rules, and enabling sets a counter to the rows it has.
@@ -15,6 +15,7 @@ use crate::args;
 use crate::errors::{self, OrRaise, Raise};
 use crate::rules::{self, Counter, Kind, Outcome};
 use crate::spi::{self, Statement, INT8_ARRAY, TEXT, TEXT_ARRAY, TIMESTAMPTZ};
+use crate::transition::Firing;
 use crate::usage;
 
 /// What one statement does to one tenant's counter.
@@ -177,47 +178,66 @@ pub fn apply_all(
     None
 }
 
-/// The trigger function's entry: one statement's changes, tenants sorted
-/// (`COLLATE "C"`) with their units taken or given back (`deltas`). Returns
-/// no row when every change fit, or the first tenant whose units did not fit
-/// (its count, its limit, and the units the statement `needs`). Granted to
-/// no one: only the trigger function, which runs as tally_owner, calls it.
-#[pg_extern(security_definer, requires = ["counters"])]
-fn _enforce_apply_all(
-    metric: Option<&str>,
-    tenants: Option<Vec<Option<String>>>,
-    deltas: Option<Vec<Option<i64>>>,
-) -> TableIterator<
-    'static,
-    (
-        name!(tenant_id, String),
-        name!(used, i64),
-        name!(max_units, Option<i64>),
-        name!(needs, i64),
-    ),
-> {
-    let metric = args::id("metric", metric).or_raise();
-    let tenants: Vec<String> = tenants
-        .unwrap_or_else(|| errors::null_argument("tenants").raise())
-        .into_iter()
-        .map(|t| t.unwrap_or_else(|| errors::null_argument("tenants").raise()))
-        .collect();
-    let deltas: Vec<i64> = deltas
-        .unwrap_or_else(|| errors::null_argument("deltas").raise())
-        .into_iter()
-        .map(|u| u.unwrap_or_else(|| errors::null_argument("deltas").raise()))
-        .collect();
-    if tenants.len() != deltas.len() {
-        errors::bug(format!(
-            "{} tenants and {} deltas",
-            tenants.len(),
-            deltas.len()
-        ))
+/// `tally._enforce_count_rows()`, the trigger function of every table under
+/// `enforce_count` (`sql/schema/enforce.sql`): sums the statement's rows per
+/// tenant straight from its transition tables and applies the changes in
+/// tenant order ([`apply_all`]), all in one call. A refusal is raised with
+/// SQLSTATE TL001, which pgrx's own reports cannot carry: everything else
+/// runs inside pgrx's guard (a panic or a Postgres error there is reported
+/// as usual), and only the refusal comes out, to be raised here.
+///
+/// # Safety
+/// Called by Postgres only, as a statement-level trigger.
+#[no_mangle]
+pub unsafe extern "C-unwind" fn tally_enforce_count_rows(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: fcinfo is the call info of a trigger call (the contract).
+    let refused = unsafe { pg_sys::panic::pgrx_extern_c_guard(|| count_statement(fcinfo)) };
+    if let Some(refusal) = refused {
+        // SAFETY: the outermost frame; `refusal` is moved, nothing is left
+        // to drop here.
+        unsafe { errors::raise_at_top(refusal) }
     }
+    // A statement-level trigger returns no row (a null pointer, not SQL NULL).
+    pg_sys::Datum::from(0usize)
+}
+
+/// The version-1 calling convention of `tally_enforce_count_rows`.
+#[no_mangle]
+pub extern "C" fn pg_finfo_tally_enforce_count_rows() -> &'static pg_sys::Pg_finfo_record {
+    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// One statement's work: None when every tenant's change fit, else the
+/// refusal of the first tenant (in tenant order) whose units did not.
+///
+/// # Safety
+/// fcinfo must be a trigger call's.
+unsafe fn count_statement(fcinfo: pg_sys::FunctionCallInfo) -> Option<errors::Failure> {
+    // SAFETY: (the contract).
+    let firing = unsafe { Firing::from_fcinfo(fcinfo) };
+    let sums = firing.sums();
+    if sums.lowest < 0 {
+        let column = firing.units_column.as_deref().unwrap_or("units");
+        errors::negative_count(column, sums.lowest).raise()
+    }
+    // Tenants whose rows changed but not their units (an UPDATE of other
+    // columns) need nothing.
+    let (tenants, deltas): (Vec<String>, Vec<i64>) = sums
+        .units
+        .into_iter()
+        .filter(|&(_, units)| units != 0)
+        .unzip();
+    if tenants.is_empty() {
+        return None;
+    }
+    let metric = firing.metric.as_str();
     let refused = spi::with_catalog_search_path(|| {
         Spi::connect_mut(|client| apply_all(client, metric, &tenants, &deltas))
     });
-    TableIterator::new(
-        refused.map(|(tenant, outcome, units)| (tenant, outcome.used, outcome.max_units, units)),
-    )
+    refused.map(|(tenant, outcome, units)| {
+        errors::enforced_limit_exceeded(&tenant, metric, outcome.used, outcome.max_units, units)
+    })
 }

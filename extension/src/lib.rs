@@ -26,6 +26,7 @@ mod plan_change;
 mod reports;
 pub use tally_rules as rules;
 mod spi;
+mod transition;
 mod upgrade;
 mod usage;
 
@@ -59,7 +60,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/schema/enforce.sql",
     name = "enforce",
-    requires = ["counters", _enforce_apply, _enforce_apply_all]
+    requires = ["counters", _enforce_apply]
 );
 // Owners and privileges of everything above, once it all exists.
 extension_sql_file!("../../sql/schema/grants.sql", name = "grants", finalize);

@@ -54,6 +54,15 @@ fn requeue_failed_usage_reports_before_0_8_0() {
     errors::superseded_function("requeue_failed_usage_reports(ids)").raise()
 }
 
+/// `_enforce_apply_all(metric, tenants, deltas)`, which 0.9.0's PL/pgSQL
+/// trigger function calls (0.10.0's trigger function is the library's and
+/// applies a statement's changes itself). A database still on 0.9.0's SQL
+/// needs the update before its enforced tables take rows again.
+#[pg_extern(sql = false)]
+fn _enforce_apply_all_before_0_10_0() {
+    errors::needs_update(env!("CARGO_PKG_VERSION"), "0.9.0").raise()
+}
+
 /// Export `$old` (and its version-1 calling convention record, which
 /// Postgres looks up next to it) as the symbol an older version's SQL
 /// names, forwarding to the wrapper pgrx made for `$new`: pgrx derives a
@@ -97,3 +106,6 @@ old_symbol!(fail_usage_report_wrapper, pg_finfo_fail_usage_report_wrapper
 // 0.5.0 to 0.7.0.
 old_symbol!(requeue_failed_usage_reports_wrapper, pg_finfo_requeue_failed_usage_reports_wrapper
     => requeue_failed_usage_reports_before_0_8_0_wrapper, pg_finfo_requeue_failed_usage_reports_before_0_8_0_wrapper);
+// 0.9.0.
+old_symbol!(_enforce_apply_all_wrapper, pg_finfo__enforce_apply_all_wrapper
+    => _enforce_apply_all_before_0_10_0_wrapper, pg_finfo__enforce_apply_all_before_0_10_0_wrapper);

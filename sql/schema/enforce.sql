@@ -1,7 +1,7 @@
 -- Enforcement on the application's own tables: tally.enforce_count makes a
 -- limit a property of a table. Statement-level triggers on the table sum a
--- statement's rows per tenant (from its transition tables) and hand the
--- changes, in sorted tenant order, to tally._enforce_apply_all: at most one
+-- statement's rows per tenant (from its transition tables) and apply the
+-- changes in sorted tenant order: at most one
 -- counter update per tenant per statement (one statement for all of them when
 -- they need nothing but a count), all or nothing, and concurrent bulk
 -- statements lock counters in the same order, so they cannot deadlock.
@@ -32,108 +32,15 @@ SELECT e.relid::pg_catalog.regclass AS table_name, e.metric, m.kind, e.tenant_co
   JOIN tally.metrics AS m ON m.metric = e.metric
  WHERE EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = e.relid);
 
--- The triggers' function. TG_ARGV: metric, tenant column, units column ('' for
--- one unit a row). Consumables have the INSERT trigger only.
---
--- It sums the statement's rows per tenant into two arrays sorted by tenant
--- and hands them to tally._enforce_apply_all in one call. A statement of a
--- few rows (the usual single-row INSERT) is read with static queries, which
--- PL/pgSQL plans once per trigger and keeps; they reach the columns by name
--- through the row's JSON form. A larger statement is read with a query
--- written for the table's columns and planned for that statement: planning
--- costs less than converting each of its rows.
+-- The triggers' function (extension/src/enforce.rs). Trigger arguments:
+-- metric, tenant column, units column ('' for one unit a row). Consumables
+-- have the INSERT trigger only. It reads the statement's rows from its
+-- transition tables (for TRUNCATE, before it, from the table), sums them per
+-- tenant and applies the changes in tenant order; a refusal is SQLSTATE
+-- TL001. It pins its search path inside, as check_and_increment_usage does,
+-- rather than with a SET clause.
 CREATE FUNCTION tally._enforce_count_rows() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    metric text := TG_ARGV[0];
-    tenant_column text := TG_ARGV[1];
-    units_column text := TG_ARGV[2];
-    tenant text := format('(%I::text COLLATE "C")', TG_ARGV[1]);
-    units text := CASE WHEN TG_ARGV[2] = '' THEN '1::bigint'
-                       ELSE format('coalesce(%I, 0)::bigint', TG_ARGV[2]) END;
-    few constant integer := 16;
-    rows_of text;
-    tenants text[];
-    deltas bigint[];
-    lowest bigint;
-    refused record;
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        IF (SELECT count(*) FROM (SELECT FROM tally_new LIMIT few) AS r) < few THEN
-            SELECT array_agg(g.t ORDER BY g.t), array_agg(g.units ORDER BY g.t), min(g.lowest)
-              INTO tenants, deltas, lowest
-              FROM (SELECT r.t, sum(r.u)::bigint AS units, min(r.u) AS lowest
-                      FROM (SELECT (j ->> tenant_column) COLLATE "C" AS t,
-                                   CASE WHEN units_column = '' THEN 1
-                                        ELSE coalesce((j ->> units_column)::bigint, 0) END AS u
-                              FROM (SELECT to_jsonb(n) AS j FROM tally_new AS n) AS rows) AS r
-                     WHERE r.t IS NOT NULL GROUP BY r.t) AS g;
-        ELSE
-            rows_of := format('SELECT %1$s AS t, %2$s AS u, %2$s AS n FROM tally_new', tenant, units);
-        END IF;
-    ELSIF TG_OP = 'DELETE' THEN
-        IF (SELECT count(*) FROM (SELECT FROM tally_old LIMIT few) AS r) < few THEN
-            SELECT array_agg(g.t ORDER BY g.t), array_agg(g.units ORDER BY g.t), 0
-              INTO tenants, deltas, lowest
-              FROM (SELECT r.t, -sum(r.u)::bigint AS units
-                      FROM (SELECT (j ->> tenant_column) COLLATE "C" AS t,
-                                   CASE WHEN units_column = '' THEN 1
-                                        ELSE coalesce((j ->> units_column)::bigint, 0) END AS u
-                              FROM (SELECT to_jsonb(o) AS j FROM tally_old AS o) AS rows) AS r
-                     WHERE r.t IS NOT NULL GROUP BY r.t) AS g;
-        ELSE
-            rows_of := format('SELECT %s AS t, -%s AS u, 0 AS n FROM tally_old', tenant, units);
-        END IF;
-    ELSIF TG_OP = 'UPDATE' THEN
-        IF (SELECT count(*) FROM (SELECT FROM tally_new LIMIT few) AS r) < few THEN
-            SELECT array_agg(g.t ORDER BY g.t), array_agg(g.units ORDER BY g.t), min(g.lowest)
-              INTO tenants, deltas, lowest
-              FROM (SELECT r.t, sum(r.sign * r.u)::bigint AS units,
-                           min(CASE WHEN r.sign > 0 THEN r.u ELSE 0 END) AS lowest
-                      FROM (SELECT (j ->> tenant_column) COLLATE "C" AS t, sign,
-                                   CASE WHEN units_column = '' THEN 1
-                                        ELSE coalesce((j ->> units_column)::bigint, 0) END AS u
-                              FROM (SELECT to_jsonb(n) AS j, 1 AS sign FROM tally_new AS n
-                                    UNION ALL
-                                    SELECT to_jsonb(o), -1 FROM tally_old AS o) AS rows) AS r
-                     WHERE r.t IS NOT NULL GROUP BY r.t) AS g;
-        ELSE
-            rows_of := format(
-                'SELECT %1$s AS t, %2$s AS u, %2$s AS n FROM tally_new
-                 UNION ALL SELECT %1$s, -%2$s, 0 FROM tally_old',
-                tenant, units);
-        END IF;
-    ELSE  -- TRUNCATE, before: the rows are still there, and the table is locked.
-        rows_of := format('SELECT %s AS t, -%s AS u, 0 AS n FROM %s', tenant, units,
-                          TG_RELID::regclass);
-    END IF;
-    IF rows_of IS NOT NULL THEN
-        -- Rows without a tenant count for no one.
-        EXECUTE 'SELECT array_agg(t ORDER BY t), array_agg(units ORDER BY t), min(lowest)
-                   FROM (SELECT t, sum(u)::bigint AS units, min(n) AS lowest
-                           FROM (' || rows_of || ') AS r
-                          WHERE t IS NOT NULL GROUP BY t) AS g'
-           INTO tenants, deltas, lowest;
-    END IF;
-    IF lowest < 0 THEN
-        RAISE EXCEPTION '% must not be negative', units_column USING ERRCODE = 'invalid_parameter_value',
-            DETAIL = format('%s = %s', units_column, lowest),
-            HINT = format('pass the %s count, 0 or more', units_column);
-    END IF;
-    IF tenants IS NULL THEN
-        RETURN NULL;
-    END IF;
-    SELECT * INTO refused FROM tally._enforce_apply_all(metric, tenants, deltas);
-    IF FOUND THEN
-        RAISE EXCEPTION 'usage limit exceeded' USING ERRCODE = 'TL001',
-            DETAIL = format('tenant %L, metric %L: used %s, limit %s, this statement needs %s',
-                            refused.tenant_id, metric, refused.used,
-                            coalesce(refused.max_units::text, 'not in plan'), refused.needs),
-            HINT = 'remove rows of this tenant, or move the tenant to a plan with a higher limit';
-    END IF;
-    RETURN NULL;
-END
-$$;
+LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'tally_enforce_count_rows';
 
 -- Record an enforcement (the caller is enabling it); returns the metric's kind.
 CREATE FUNCTION tally._enforce_register(relid oid, metric text, tenant_column name, units_column name)

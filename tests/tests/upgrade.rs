@@ -352,3 +352,45 @@ fn reports_of_0_7_0_keep_their_history_after_the_upgrade() {
         "42883"
     );
 }
+
+#[test]
+fn a_table_enforced_under_0_9_0_waits_for_the_update_then_keeps_counting() {
+    let db = TestDb::create_empty();
+    let mut client = db.connect();
+    // What 0.9.0's enforce_count leaves on a table (its trigger and record),
+    // written as plain SQL: the new library runs no 0.9.0 function.
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION tally VERSION '0.9.0'; {FIXTURE}
+             INSERT INTO tally.tenants (tenant_id) VALUES ('acme');
+             CREATE TABLE chatbots (tenant_id text);
+             INSERT INTO tally.count_enforcements (relid, metric, tenant_column)
+             VALUES ('chatbots'::regclass, 'chatbots', 'tenant_id');
+             CREATE TRIGGER tally_count_insert AFTER INSERT ON chatbots
+                 REFERENCING NEW TABLE AS tally_new FOR EACH STATEMENT
+                 EXECUTE FUNCTION tally._enforce_count_rows('chatbots', 'tenant_id', '');"
+        ))
+        .unwrap();
+    // Before the update: no row is taken uncounted.
+    assert_eq!(
+        failure(&mut client, "INSERT INTO chatbots VALUES ('acme')"),
+        ("55000".to_string(), "tally needs an update".to_string())
+    );
+    client
+        .batch_execute("ALTER EXTENSION tally UPDATE")
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO chatbots SELECT 'acme' FROM generate_series(1, 5)")
+        .unwrap();
+    assert_eq!(used(&mut client, "acme", "chatbots"), 5);
+    let (code, message) = failure(&mut client, "INSERT INTO chatbots VALUES ('acme')");
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("TL001", "usage limit exceeded")
+    );
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM chatbots", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 5);
+}

@@ -91,6 +91,7 @@ pub mod message {
     pub const NO_DEFAULT_PLAN: &str = "no default plan";
     pub const REPORT_NOT_FOUND: &str = "usage report not found";
     pub const COUNTER_OUT_OF_RANGE: &str = "usage counter out of range";
+    pub const STATEMENT_UNITS_OUT_OF_RANGE: &str = "units of one statement out of range";
     pub const CUSTOMER_LINKED_ELSEWHERE: &str = "customer already linked to another tenant";
     pub const SUBSCRIPTION_LINKED_ELSEWHERE: &str = "subscription already linked to another tenant";
     pub const PLAN_CHANGE_REFUSED: &str = "plan change refused";
@@ -251,8 +252,8 @@ pub fn release_exceeds_used(tenant_id: &str, metric: &str, used: i64, units: i64
 
 /// A statement on a table under `tally.enforce_count` needs `units` more of
 /// `metric` for a tenant than its limit leaves (`limit` None: the metric is
-/// not in the tenant's plan). Raised by the PL/pgSQL trigger functions
-/// (`sql/schema/enforce.sql`) word for word.
+/// not in the tenant's plan). Raised by the trigger function
+/// (`tally._enforce_count_rows`, extension/src/enforce.rs).
 pub fn enforced_limit_exceeded(
     tenant_id: &str,
     metric: &str,
@@ -615,6 +616,21 @@ pub fn superseded_function(signature: &str) -> Failure {
             "{signature} is declared by the SQL of an older tally; this library settles usage reports only with the lease token of their claim"
         ))
         .hint("run ALTER EXTENSION tally UPDATE (or tallyd migrate)")
+}
+
+/// One statement on a table under `tally.enforce_count` whose rows hold,
+/// for one tenant, more units than a count can.
+pub fn statement_units_out_of_range(table: &str, metric: &str) -> Failure {
+    Failure::new(
+        NumericValueOutOfRange,
+        message::STATEMENT_UNITS_OUT_OF_RANGE,
+    )
+    .detail(format!(
+        "the rows of one tenant in one statement on {table} hold more than {} units of metric {}",
+        i64::MAX,
+        quoted(metric)
+    ))
+    .hint("write the rows in smaller statements, or with fewer units each")
 }
 
 pub fn counter_out_of_range(tenant_id: &str, metric: &str, used: i64, units: i64) -> Failure {
