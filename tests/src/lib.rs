@@ -6,6 +6,7 @@
 //! released version and upgrades it with `ALTER EXTENSION tally UPDATE`, so
 //! the whole suite runs again against an upgraded schema.
 
+pub mod app_table;
 pub mod fake_stripe;
 pub mod server;
 
