@@ -125,8 +125,10 @@ install_released_scripts() {
 # cluster_start NAME PORT: start (creating if needed) a local cluster listening
 # on 127.0.0.1:PORT with its socket in its own directory. Trust auth: it is a
 # throwaway cluster for the demo and the tests, reachable only locally.
+# cluster_start NAME PORT [SERVER OPTIONS]: a cluster of our own, started
+# (created first when missing).
 cluster_start() {
-    local name=$1 port=$2
+    local name=$1 port=$2 options=${3:-}
     local dir=$TALLY_RUN_DIR/$name
     as_root mkdir -p "$TALLY_RUN_DIR"
     as_root chmod 1777 "$TALLY_RUN_DIR"
@@ -143,8 +145,24 @@ cluster_start() {
     # Without RUST_BACKTRACE: a backend that inherits it sends Rust
     # backtraces to clients in an internal error's DETAIL.
     as_pg_user env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/socket -c max_connections=300 -c shared_buffers=256MB" \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/socket -c max_connections=300 -c shared_buffers=256MB $options" \
         >/dev/null || { tail -20 "$dir/postgres.log" >&2; die "cluster $name did not start"; }
+}
+
+# Whether Citus is installed in this Postgres. It is not in the package
+# registries: an operator builds it (see the README's "Scaling out on
+# Citus"); the tests that need it are skipped without it.
+citus_available() {
+    [ -f "$("$PG_CONFIG" --pkglibdir)/citus.so" ]
+}
+
+# citus_start PORT...: one cluster with Citus loaded on each port, the
+# first to be the coordinator (the tests add the others as its workers).
+citus_start() {
+    local port
+    for port in "$@"; do
+        cluster_start "citus-$port" "$port" "-c shared_preload_libraries=citus -c max_prepared_transactions=100"
+    done
 }
 
 cluster_stop() {

@@ -76,7 +76,7 @@ say "building tallyd"
 cargo build --locked -p tallyd
 export TALLY_TEST_DATABASE_URL TALLY_TEST_PYTHON=$TALLY_VENV/bin/python
 TALLY_TEST_DATABASE_URL=$(cluster_url "$port")
-suite integration cargo test --locked --no-fail-fast -p tally-tests
+suite integration cargo test --locked --no-fail-fast -p tally-tests -- --skip on_citus_
 # Again on databases that installed each earlier released version and
 # upgraded it.
 for script in sql/released/tally--*.sql; do
@@ -84,8 +84,20 @@ for script in sql/released/tally--*.sql; do
     version=${version%.sql}
     if [ "$version" = "$current" ]; then continue; fi
     suite "integration-upgraded-from-$version" env TALLY_TEST_UPGRADE_FROM="$version" \
-        cargo test --locked --no-fail-fast -p tally-tests
+        cargo test --locked --no-fail-fast -p tally-tests -- --skip on_citus_
 done
+
+# Scale-out: a coordinator and two workers with Citus, when Citus is
+# installed here; said loudly when it is not.
+if citus_available; then
+    citus_ports=("$((port + 93))" "$((port + 94))" "$((port + 95))")
+    citus_start "${citus_ports[@]}"
+    suite citus env TALLY_TEST_CITUS_PORTS="$(IFS=,; echo "${citus_ports[*]}")" \
+        cargo test --locked --no-fail-fast -p tally-tests --test citus
+else
+    say "citus: SKIPPED, Citus is not installed in this Postgres"
+    summary+=("SKIPPED citus: Citus is not installed in this Postgres (tests/tests/citus.rs did not run)")
+fi
 
 # A new build installed under a live session: the server and the session
 # survive, and the library file is replaced, not rewritten.

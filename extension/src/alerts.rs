@@ -17,11 +17,12 @@ use crate::usage;
 
 /// The thresholds that apply to a tenant's metric: those of every plan and
 /// those of the tenant's plan.
+/// (By the tenant's plan, read before: no statement on a tenant's path joins
+/// the tenant tables with the configuration.)
 static THRESHOLDS: Statement = Statement {
     sql: "SELECT a.percent
             FROM tally.alert_thresholds AS a
-            JOIN tally.tenants AS t ON t.tenant_id = $1
-           WHERE a.metric = $2 AND (a.plan_id IS NULL OR a.plan_id = t.plan_id)",
+           WHERE a.metric = $2 AND (a.plan_id IS NULL OR a.plan_id = $1)",
     params: &[TEXT, TEXT],
 };
 
@@ -45,9 +46,9 @@ static SET_NEXT_ALERT: Statement = Statement {
     params: &[TEXT, TEXT, INT8],
 };
 
-/// The thresholds (percentages) configured for a tenant's metric.
-pub fn thresholds(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str) -> Vec<i32> {
-    spi::run(client, &THRESHOLDS, &[tenant_id.into(), metric.into()])
+/// The thresholds (percentages) configured for a metric under a plan.
+pub fn thresholds(client: &mut SpiClient<'_>, plan_id: &str, metric: &str) -> Vec<i32> {
+    spi::run(client, &THRESHOLDS, &[plan_id.into(), metric.into()])
         .filter_map(|row| spi::get::<i32>(&row, 1))
         .collect()
 }
@@ -70,7 +71,7 @@ pub fn after_change(
         return;
     }
     let context = usage::load_context(client, tenant_id, metric);
-    let percents = thresholds(client, tenant_id, metric);
+    let percents = thresholds(client, &context.plan_id, metric);
     record(
         client,
         tenant_id,

@@ -62,6 +62,11 @@ extension_sql_file!(
     name = "enforce",
     requires = ["counters", _enforce_apply]
 );
+extension_sql_file!(
+    "../../sql/schema/distribute.sql",
+    name = "distribute",
+    requires = ["counters", "alerts", "api_keys", "events", "enforce"]
+);
 // Owners and privileges of everything above, once it all exists.
 extension_sql_file!("../../sql/schema/grants.sql", name = "grants", finalize);
 

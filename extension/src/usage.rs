@@ -137,7 +137,7 @@ static WRITE_COUNT: Statement = Statement {
 /// reads the stored result, or (if the first rolled back) claims the key.
 static CLAIM_KEY: Statement = Statement {
     sql: "INSERT INTO tally.idempotency_keys (tenant_id, idempotency_key, metric, units, operation)
-          SELECT tenant_id, $2, $3, $4, $5 FROM tally.tenants WHERE tenant_id = $1
+          VALUES ($1, $2, $3, $4, $5)
               ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
        RETURNING true",
     params: &[TEXT, TEXT, TEXT, INT8, TEXT],
@@ -160,6 +160,8 @@ static SAVE_RESULT: Statement = Statement {
 
 /// What the configuration says about a tenant and one metric.
 pub struct Context {
+    /// The tenant's plan.
+    pub plan_id: String,
     pub period: Period,
     /// The tenant has no stored period: the calendar month is its period.
     pub calendar_period: bool,
@@ -204,11 +206,12 @@ pub fn load_context(client: &mut SpiClient<'_>, tenant_id: &str, metric: &str) -
     .unwrap_or_else(|| errors::metric_not_found(metric).raise());
     let kind = spi::get::<String>(&row, 1).unwrap_or_default();
     Context {
-        period: tenant.period,
-        calendar_period: tenant.calendar_period,
-        kind: stored_kind(metric, &kind),
         limit: Limit::from_row(spi::get(&row, 3).unwrap_or(false), spi::get(&row, 4)),
         meter_event: spi::get(&row, 2),
+        kind: stored_kind(metric, &kind),
+        plan_id: tenant.plan_id,
+        period: tenant.period,
+        calendar_period: tenant.calendar_period,
     }
 }
 
@@ -423,7 +426,7 @@ pub(crate) fn increment(
     // Thresholds matter only under a finite limit.
     let limit = alerts::finite(context.limit);
     let percents = match limit {
-        Some(_) => alerts::thresholds(client, tenant_id, metric),
+        Some(_) => alerts::thresholds(client, &context.plan_id, metric),
         None => Vec::new(),
     };
     if change.result.allowed {
@@ -466,7 +469,11 @@ fn claim_key(client: &mut SpiClient<'_>, tenant_id: &str, key: &str, call: Keyed
         call.units.into(),
         call.operation.as_str().into(),
     ];
-    spi::first_row(client, &CLAIM_KEY, &claim).is_some()
+    // A key of a tenant that does not exist claims nothing. (Read first, in
+    // a statement of its own: on Citus an INSERT ... SELECT is not a
+    // statement on one tenant's shard.)
+    spi::first_row(client, &TENANT, &[tenant_id.into()]).is_some()
+        && spi::first_row(client, &CLAIM_KEY, &claim).is_some()
 }
 
 /// The stored result of a key's first call, once `call` is known to repeat

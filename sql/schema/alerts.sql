@@ -33,9 +33,12 @@ CREATE TRIGGER check_alert_threshold BEFORE INSERT OR UPDATE ON tally.alert_thre
 CREATE FUNCTION tally._invalidate_alert_threshold() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM FROM tally.limits_guard FOR UPDATE;
-    UPDATE tally.usage_counters SET limits_valid = false
-     WHERE limits_valid AND (metric = NEW.metric OR metric = OLD.metric);
+    IF TG_OP <> 'INSERT' THEN
+        PERFORM tally._invalidate_counters(OLD.metric, NULL);
+    END IF;
+    IF TG_OP <> 'DELETE' AND (TG_OP = 'INSERT' OR NEW.metric IS DISTINCT FROM OLD.metric) THEN
+        PERFORM tally._invalidate_counters(NEW.metric, NULL);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -50,7 +53,7 @@ CREATE TRIGGER invalidate_counters AFTER INSERT OR UPDATE OR DELETE ON tally.ale
 -- lock the tenant row (a tenant being deleted holds it, then waits for the
 -- counters); the forget_alerts trigger below does the cascade.
 CREATE TABLE tally.alerts (
-    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              bigint GENERATED ALWAYS AS IDENTITY,
     tenant_id       text NOT NULL,
     metric          text NOT NULL,
     percent         integer NOT NULL,
@@ -71,8 +74,12 @@ CREATE TABLE tally.alerts (
     last_error      text,
     completed_at    timestamptz,
     failed_at       timestamptz,
-    UNIQUE NULLS NOT DISTINCT (tenant_id, metric, period_start, percent)
+    UNIQUE NULLS NOT DISTINCT (tenant_id, metric, period_start, percent),
+    -- Keyed by tenant, as every tenant's table, so it can be distributed by
+    -- tenant (see distribute.sql); the queue functions find an alert by id.
+    PRIMARY KEY (tenant_id, id)
 );
+CREATE INDEX alerts_id ON tally.alerts (id);
 CREATE INDEX alerts_due ON tally.alerts (next_attempt_at, id) WHERE status = 'pending';
 
 -- A deleted tenant's alerts go with it. (Its counters were locked by

@@ -28,6 +28,38 @@ CREATE TABLE tally.usage_counters (
     next_alert_at   bigint
 ) WITH (fillfactor = 70);
 
+-- Whether a table of tally's is distributed by Citus (false without Citus).
+CREATE FUNCTION tally._distributed(relation regclass) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found boolean;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1)'
+       INTO found USING relation;
+    RETURN found;
+END
+$$;
+
+-- The shards of a distributed table that this node holds (Citus).
+CREATE FUNCTION tally._local_shards(relation regclass) RETURNS SETOF regclass
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY EXECUTE
+        'SELECT pg_catalog.format(''%I.%I'', n.nspname, c.relname || ''_'' || s.shardid)::pg_catalog.regclass
+           FROM pg_catalog.pg_dist_shard AS s
+           JOIN pg_catalog.pg_dist_placement AS p ON p.shardid = s.shardid
+           JOIN pg_catalog.pg_class AS c ON c.oid = s.logicalrelid
+           JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+          WHERE s.logicalrelid = $1
+            AND p.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group)
+          ORDER BY s.shardid'
+    USING relation;
+END
+$$;
+
 -- Keeping the copies valid. A transaction that changes plans, limits or
 -- metrics locks the one row of tally.limits_guard and clears limits_valid
 -- on the counters it affects; a change of a tenant's plan or period holds
@@ -42,14 +74,37 @@ CREATE TABLE tally.limits_guard (
 );
 INSERT INTO tally.limits_guard DEFAULT VALUES;
 
+-- Clear the copies of `metric`'s counters (with `plan_id`, only those of
+-- that plan's tenants), under the guard. On Citus, where the configuration
+-- tables are reference tables, the change's triggers fire on every node's
+-- copy of them: each clears the counters its node holds (its local shards
+-- of usage_counters), all of the metric's there, and takes its node's own
+-- guard, which is a plain table on each node.
+CREATE FUNCTION tally._invalidate_counters(metric text, plan_id text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    shard regclass;
+BEGIN
+    PERFORM FROM tally.limits_guard FOR UPDATE;
+    IF NOT tally._distributed('tally.usage_counters') THEN
+        UPDATE tally.usage_counters AS c SET limits_valid = false
+         WHERE c.limits_valid AND c.metric = _invalidate_counters.metric
+           AND (_invalidate_counters.plan_id IS NULL OR EXISTS (
+                SELECT FROM tally.tenants AS t
+                 WHERE t.tenant_id = c.tenant_id AND t.plan_id = _invalidate_counters.plan_id));
+        RETURN;
+    END IF;
+    FOR shard IN SELECT * FROM tally._local_shards('tally.usage_counters') LOOP
+        EXECUTE format('UPDATE %s SET limits_valid = false WHERE limits_valid AND metric = $1', shard)
+          USING metric;
+    END LOOP;
+END
+$$;
+
 CREATE FUNCTION tally._invalidate_plan_limit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM FROM tally.limits_guard FOR UPDATE;
-    UPDATE tally.usage_counters AS c SET limits_valid = false
-      FROM tally.tenants AS t
-     WHERE c.limits_valid AND c.metric = OLD.metric
-       AND t.tenant_id = c.tenant_id AND t.plan_id = OLD.plan_id;
+    PERFORM tally._invalidate_counters(OLD.metric, OLD.plan_id);
     RETURN NULL;
 END
 $$;
@@ -61,9 +116,7 @@ CREATE TRIGGER invalidate_counters AFTER UPDATE OR DELETE ON tally.plan_limits
 CREATE FUNCTION tally._invalidate_metric() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM FROM tally.limits_guard FOR UPDATE;
-    UPDATE tally.usage_counters SET limits_valid = false
-     WHERE limits_valid AND metric = OLD.metric;
+    PERFORM tally._invalidate_counters(OLD.metric, NULL);
     RETURN NULL;
 END
 $$;

@@ -7,6 +7,7 @@
 //! the whole suite runs again against an upgraded schema.
 
 pub mod app_table;
+pub mod citus;
 pub mod fake_stripe;
 pub mod server;
 
