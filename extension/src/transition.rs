@@ -150,6 +150,19 @@ impl Firing {
                     )
                     .raise()
                 }
+                // (As tally._enforce_check_columns: a type of the table
+                // owner's own could bring a cast that the TRUNCATE query
+                // would run with tally_owner's rights.)
+                // SAFETY: a catalogue lookup of an existing type.
+                let base = unsafe { pg_sys::getBaseType(type_oid) };
+                if !units && base.to_u32() >= pg_sys::FirstNormalObjectId {
+                    errors::tenant_column_not_built_in(
+                        &self.relation_name(),
+                        name,
+                        &type_name(type_oid),
+                    )
+                    .raise()
+                }
                 Column {
                     number: c_int::from(attribute.num()),
                     type_oid,
@@ -223,6 +236,13 @@ impl Firing {
     /// table (as tally_owner, whom `enforce_count` granted SELECT on it).
     fn add_table(&self, sums: &mut Sums) {
         use pgrx::spi::quote_identifier;
+        // The columns are checked first, as for the other statements.
+        // SAFETY: the trigger's relation is open and locked for the call.
+        let desc = unsafe { PgTupleDesc::from_pg_unchecked((*(*self.data).tg_relation).rd_att) };
+        self.column(&desc, &self.tenant_column, false);
+        if let Some(units) = self.units_column.as_deref() {
+            self.column(&desc, units, true);
+        }
         let tenant = quote_identifier(&self.tenant_column);
         let units = self.units_column.as_deref().map_or_else(
             || "1".to_string(),

@@ -42,6 +42,46 @@ SELECT e.relid::pg_catalog.regclass AS table_name, e.metric, m.kind, e.tenant_co
 CREATE FUNCTION tally._enforce_count_rows() RETURNS trigger
 LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'tally_enforce_count_rows';
 
+-- The columns an enforcement reads, checked wherever tally_owner reads them
+-- (enabling, the sync): the tenant column exists and is of a built-in type
+-- (or a domain over one), the units column (if any) is an integer. A type of
+-- the table owner's own could bring a cast of theirs, which a query reading
+-- the column as text would run with tally_owner's rights.
+CREATE FUNCTION tally._enforce_check_columns(table_name regclass, tenant_column name, units_column name)
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    column_type regtype;
+    built_in boolean;
+BEGIN
+    SELECT a.atttypid::regtype, coalesce(nullif(t.typbasetype, 0), t.oid) < 16384
+      INTO column_type, built_in
+      FROM pg_catalog.pg_attribute AS a
+      JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
+     WHERE a.attrelid = table_name AND a.attname = tenant_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column not found' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = pg_catalog.format('%s has no column %I', table_name, tenant_column),
+            HINT = 'name the column holding the tenant_id';
+    ELSIF NOT built_in THEN
+        RAISE EXCEPTION 'tenant_column must be of a built-in type' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = pg_catalog.format('%s column %I: %s', table_name, tenant_column, column_type),
+            HINT = 'use a column of a type Postgres defines (text, an integer, uuid, ...) or of a domain over one';
+    END IF;
+    IF units_column IS NOT NULL THEN
+        column_type := NULL;
+        SELECT a.atttypid::regtype INTO column_type FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid = table_name AND a.attname = units_column AND a.attnum > 0 AND NOT a.attisdropped;
+        IF column_type IS NULL OR column_type NOT IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype) THEN
+            RAISE EXCEPTION 'units_column must be an integer column' USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = pg_catalog.format('%s column %I: %s', table_name, units_column,
+                                           coalesce(column_type::text, 'not found')),
+                HINT = 'name a smallint, integer or bigint column, or none for one unit a row';
+        END IF;
+    END IF;
+END
+$$;
+
 -- Record an enforcement (the caller is enabling it); returns the metric's kind.
 CREATE FUNCTION tally._enforce_register(relid oid, metric text, tenant_column name, units_column name)
 RETURNS text
@@ -98,6 +138,7 @@ BEGIN
     IF kind <> 'allocation' THEN
         RETURN 0;  -- consumables count inserts, not rows
     END IF;
+    PERFORM tally._enforce_check_columns(relid, enforced.tenant_column, enforced.units_column);
     OPEN rows_of FOR EXECUTE pg_catalog.format(
         'SELECT coalesce(r.t, c.tenant_id) AS t, coalesce(r.u, 0) AS u
            FROM (SELECT %1$I::text AS t, sum(%2$s)::bigint AS u FROM %3$s
@@ -146,7 +187,6 @@ RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     kind text;
-    column_type regtype;
     schema_id oid;
     operation text;
 BEGIN
@@ -160,23 +200,7 @@ BEGIN
         RAISE EXCEPTION 'metric must not be null' USING ERRCODE = 'null_value_not_allowed',
             HINT = 'pass a value for metric';
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
-                    WHERE a.attrelid = table_name AND a.attname = tenant_column
-                      AND a.attnum > 0 AND NOT a.attisdropped) THEN
-        RAISE EXCEPTION 'column not found' USING ERRCODE = 'invalid_parameter_value',
-            DETAIL = pg_catalog.format('%s has no column %I', table_name, tenant_column),
-            HINT = 'name the column holding the tenant_id';
-    END IF;
-    IF units_column IS NOT NULL THEN
-        SELECT a.atttypid::regtype INTO column_type FROM pg_catalog.pg_attribute AS a
-         WHERE a.attrelid = table_name AND a.attname = units_column AND a.attnum > 0 AND NOT a.attisdropped;
-        IF column_type IS NULL OR column_type NOT IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype) THEN
-            RAISE EXCEPTION 'units_column must be an integer column' USING ERRCODE = 'invalid_parameter_value',
-                DETAIL = pg_catalog.format('%s column %I: %s', table_name, units_column,
-                                           coalesce(column_type::text, 'not found')),
-                HINT = 'name a smallint, integer or bigint column, or none for one unit a row';
-        END IF;
-    END IF;
+    PERFORM tally._enforce_check_columns(table_name, tenant_column, units_column);
     -- No writes to the table while the triggers change and counters sync.
     EXECUTE pg_catalog.format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', table_name);
     kind := tally._enforce_register(table_name, metric, tenant_column, units_column);

@@ -46,7 +46,7 @@ BEGIN
                                   'cleanup_usage_reports', 'requeue_failed_usage_reports',
                                   'requeue_failed_alerts', '_default_plan_id',
                                   'enforce_count', 'unenforce_count', '_enforce_count_rows',
-                                  '_enforce_register', '_enforce_sync', '_enforce_unregister',
+                                  '_enforce_register', '_enforce_sync', '_enforce_unregister', '_enforce_check_columns',
                                   '_enforce_trigger_name']))
             AS g (role, functions)
     LOOP

@@ -302,3 +302,69 @@ fn a_statement_whose_units_overflow_a_count_writes_nothing() {
     assert_eq!(rows(&mut admin, "acme"), 0);
     assert_eq!(used(&mut admin, "acme", "seats"), 0);
 }
+
+#[test]
+fn a_cast_of_the_table_owners_own_type_never_runs_as_tally_owner() {
+    let db = setup("");
+    let mut admin = db.connect();
+    tenant(&mut admin, "a", "free");
+    let mut owner = db.connect_as("tally_admin");
+    // The table owner's own type, with a cast to text that writes down whose
+    // rights it runs with: run by the sync or the TRUNCATE trigger (which
+    // read the tenant column as text, as tally_owner), it would run as
+    // tally_owner.
+    owner
+        .batch_execute(
+            "CREATE TABLE app.ran_as (who text);
+             GRANT INSERT ON app.ran_as TO PUBLIC;
+             CREATE TYPE app.workspace AS ENUM ('a');
+             CREATE FUNCTION app.workspace_text(app.workspace) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO app.ran_as VALUES (current_user);
+                 RETURN 'a';
+             END $$;
+             GRANT EXECUTE ON FUNCTION app.workspace_text(app.workspace) TO PUBLIC;
+             CREATE CAST (app.workspace AS text) WITH FUNCTION app.workspace_text(app.workspace);
+             CREATE TABLE app.bots (tenant app.workspace);
+             INSERT INTO app.bots VALUES ('a');",
+        )
+        .unwrap();
+    let error = owner
+        .query_one(
+            "SELECT tally.enforce_count('app.bots', 'tenant', 'seats')",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(
+        failure(&error),
+        errors::tenant_column_not_built_in("app.bots", "tenant", "app.workspace")
+    );
+    // A column retyped after enabling: the TRUNCATE trigger and a sync refuse.
+    enforce(&db, "chatbots", None);
+    insert(&mut db.connect_as("tally_app"), "a", 2).unwrap();
+    owner
+        .batch_execute(
+            "ALTER TABLE app.chatbots ALTER COLUMN tenant_id TYPE app.workspace
+                 USING tenant_id::text::app.workspace",
+        )
+        .unwrap();
+    let retyped = errors::tenant_column_not_built_in("app.chatbots", "tenant_id", "app.workspace");
+    let error = db
+        .connect_as("tally_app")
+        .batch_execute("TRUNCATE app.chatbots")
+        .unwrap_err();
+    assert_eq!(failure(&error), retyped);
+    let error = owner
+        .query_one(
+            "SELECT tally._enforce_sync('app.chatbots'::regclass, 'chatbots')",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(failure(&error), retyped);
+    let ran_as: i64 = admin
+        .query_one("SELECT count(*) FROM app.ran_as", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ran_as, 0, "the owner's cast ran inside tally");
+    assert_eq!(used(&mut admin, "a", "chatbots"), 2);
+}

@@ -124,6 +124,7 @@ pub mod message {
     pub const ENFORCED_LIMIT_EXCEEDED: &str = "usage limit exceeded";
     pub const COLUMN_NOT_FOUND: &str = "column not found";
     pub const UNITS_COLUMN_NOT_INTEGER: &str = "units_column must be an integer column";
+    pub const TENANT_COLUMN_NOT_BUILT_IN: &str = "tenant_column must be of a built-in type";
     pub const METRIC_ENFORCED_ELSEWHERE: &str = "metric already enforced on another table";
     pub const NOT_ENFORCED: &str = "table is not under enforce_count";
 }
@@ -288,6 +289,14 @@ pub fn units_column_not_integer(table: &str, column: &str, column_type: Option<&
             column_type.unwrap_or("not found")
         ))
         .hint("name a smallint, integer or bigint column, or none for one unit a row")
+}
+
+/// A tenant column of a type the table's owner made (a cast of theirs would
+/// run with tally_owner's rights); `column_type` as Postgres prints it.
+pub fn tenant_column_not_built_in(table: &str, column: &str, column_type: &str) -> Failure {
+    Failure::new(InvalidParameterValue, message::TENANT_COLUMN_NOT_BUILT_IN)
+        .detail(format!("{table} column {column}: {column_type}"))
+        .hint("use a column of a type Postgres defines (text, an integer, uuid, ...) or of a domain over one")
 }
 
 pub fn metric_enforced_elsewhere(metric: &str, table: &str) -> Failure {
