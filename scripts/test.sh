@@ -93,7 +93,7 @@ if citus_available; then
     citus_ports=("$((port + 93))" "$((port + 94))" "$((port + 95))")
     citus_start "${citus_ports[@]}"
     suite citus env TALLY_TEST_CITUS_PORTS="$(IFS=,; echo "${citus_ports[*]}")" \
-        cargo test --locked --no-fail-fast -p tally-tests --test citus
+        cargo test --locked --no-fail-fast -p tally-tests --test citus --test citus_queue
 else
     say "citus: SKIPPED, Citus is not installed in this Postgres"
     summary+=("SKIPPED citus: Citus is not installed in this Postgres (tests/tests/citus.rs did not run)")

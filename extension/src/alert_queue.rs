@@ -14,15 +14,14 @@
 use pgrx::datum::{Interval, Uuid};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 
-use crate::args;
+use crate::args::{self, SendFailure};
 use crate::errors::{self, OrRaise, Raise};
 use crate::gucs;
 use crate::rules::{self, AfterFailure, Backoff};
-use crate::spi::{self, Statement, INT4, INT8, INT8_ARRAY, INTERVAL, TEXT, UUID};
-
-/// The longest error text kept on an alert.
-const MAX_ERROR_CHARS: usize = 2_000;
+use crate::shards::{self, Claim};
+use crate::spi::{self, Statement, INT4, INT8, INT8_ARRAY, INTERVAL, TEXT};
 
 /// As the reports' claim: up to `$1` due alerts, oldest due first, skipping
 /// those another worker holds; those already claimed `$3` times are marked
@@ -52,31 +51,44 @@ static CLAIM: Statement = Statement {
     params: &[INT4, INTERVAL, INT4],
 };
 
+static CLAIM_ALERTS: Claim = Claim {
+    statement: &CLAIM,
+    table: "tally.alerts",
+    colocated: None,
+};
+
+/// The tenants of the alerts with id `$1`, as the reports'
+/// (`crate::reports`).
+static TENANT_OF: Statement = Statement {
+    sql: "SELECT tenant_id, lease_token FROM tally.alerts WHERE id = $1",
+    params: &[INT8],
+};
+
 static LOCK_ALERT: Statement = Statement {
-    sql: "SELECT status, attempts, lease_token IS NOT DISTINCT FROM $2
-            FROM tally.alerts WHERE id = $1
+    sql: "SELECT status, attempts, lease_token
+            FROM tally.alerts WHERE tenant_id = $1 AND id = $2
              FOR UPDATE",
-    params: &[INT8, UUID],
+    params: &[TEXT, INT8],
 };
 
 static COMPLETE: Statement = Statement {
     sql: "UPDATE tally.alerts SET status = 'completed', completed_at = now(), lease_until = NULL
-           WHERE id = $1",
-    params: &[INT8],
+           WHERE tenant_id = $1 AND id = $2",
+    params: &[TEXT, INT8],
 };
 
 static RETRY_LATER: Statement = Statement {
     sql: "UPDATE tally.alerts
-             SET next_attempt_at = now() + $2, lease_until = NULL, last_error = $3
-           WHERE id = $1",
-    params: &[INT8, INTERVAL, TEXT],
+             SET next_attempt_at = now() + $3, lease_until = NULL, last_error = $4
+           WHERE tenant_id = $1 AND id = $2",
+    params: &[TEXT, INT8, INTERVAL, TEXT],
 };
 
 static GIVE_UP: Statement = Statement {
     sql: "UPDATE tally.alerts
-             SET status = 'failed', failed_at = now(), lease_until = NULL, last_error = $2
-           WHERE id = $1",
-    params: &[INT8, TEXT],
+             SET status = 'failed', failed_at = now(), lease_until = NULL, last_error = $3
+           WHERE tenant_id = $1 AND id = $2",
+    params: &[TEXT, INT8, TEXT],
 };
 
 static KNOWN_ALERTS: Statement = Statement {
@@ -99,7 +111,9 @@ fn interval_ms(ms: i64) -> Interval {
 /// Claim up to `batch` due alerts for `lease` (default `tally.report_lease`,
 /// at most an hour), oldest due first. Each claim counts as an attempt and
 /// comes with a lease token: finish each alert with `complete_alert` or
-/// `fail_alert` and that token. `identifier` is the alert's webhook-id.
+/// `fail_alert`, its tenant and that token. `identifier` is the alert's
+/// webhook-id. On a distributed tally each node claims from the shards it
+/// holds, as `claim_usage_reports`.
 #[allow(clippy::type_complexity)] // pgrx reads the column names from the inline tuple type.
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -134,65 +148,109 @@ fn claim_alerts(
     };
     let max_attempts = gucs::REPORT_MAX_ATTEMPTS.get();
     let rows = Spi::connect_mut(|client| {
-        spi::run(
-            client,
-            &CLAIM,
-            &[batch.into(), lease.into(), max_attempts.into()],
-        )
-        .map(|row| {
-            let text = |ordinal| spi::get::<String>(&row, ordinal).unwrap_or_default();
-            let int8 = |ordinal| spi::get::<i64>(&row, ordinal).unwrap_or_default();
+        let args = |limit: i32| vec![limit.into(), lease.into(), max_attempts.into()];
+        shards::claim(client, &CLAIM_ALERTS, batch, args, jitter(), |row| {
+            let text = |ordinal| spi::get::<String>(row, ordinal).unwrap_or_default();
+            let int8 = |ordinal| spi::get::<i64>(row, ordinal).unwrap_or_default();
             (
                 int8(1),
                 text(2),
                 text(3),
                 text(4),
-                spi::get::<i32>(&row, 5).unwrap_or_default(),
+                spi::get::<i32>(row, 5).unwrap_or_default(),
                 int8(6),
                 int8(7),
                 int8(8),
-                spi::get::<TimestampWithTimeZone>(&row, 9),
-                spi::get::<TimestampWithTimeZone>(&row, 10),
-                spi::get::<TimestampWithTimeZone>(&row, 11)
+                spi::get::<TimestampWithTimeZone>(row, 9),
+                spi::get::<TimestampWithTimeZone>(row, 10),
+                spi::get::<TimestampWithTimeZone>(row, 11)
                     .unwrap_or_else(|| spi::bug("alert without created_at".into())),
-                spi::get::<i32>(&row, 12).unwrap_or_default(),
-                spi::get::<Uuid>(&row, 13)
+                spi::get::<i32>(row, 12).unwrap_or_default(),
+                spi::get::<Uuid>(row, 13)
                     .unwrap_or_else(|| spi::bug("claimed alert without a token".into())),
             )
         })
-        .collect::<Vec<_>>()
     });
     TableIterator::new(rows)
 }
 
+/// The tenant of alert `id`, for the functions that take an id alone.
+fn tenant_of(client: &mut SpiClient<'_>, id: i64, token: Uuid) -> String {
+    let mut tenants: Vec<(String, bool)> = spi::run(client, &TENANT_OF, &[id.into()])
+        .filter_map(|row| {
+            let tenant = spi::get::<String>(&row, 1)?;
+            Some((tenant, spi::get::<Uuid>(&row, 2) == Some(token)))
+        })
+        .collect();
+    tenants.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    tenants
+        .into_iter()
+        .next()
+        .map(|(tenant, _)| tenant)
+        .unwrap_or_else(|| errors::alert_not_found(&[id]).raise())
+}
+
 /// The alert was delivered. `lease_token` must be the token of its latest
 /// claim (else `alert lease lost`, 55000, and nothing changes). Idempotent
-/// and final, as `complete_usage_report`.
+/// and final, as `complete_usage_report`; `tenant_id` is the alert's tenant
+/// (claims return it).
+#[pg_extern(security_definer, name = "complete_alert")]
+#[search_path(pg_catalog, pg_temp)]
+fn complete_tenant_alert(tenant_id: Option<&str>, id: Option<i64>, lease_token: Option<Uuid>) {
+    let tenant = args::id("tenant_id", tenant_id).or_raise();
+    let id = args::required("id", id);
+    let token = args::required("lease_token", lease_token);
+    Spi::connect_mut(|client| complete(client, tenant, id, token))
+}
+
+/// `complete_alert` by id alone: one more lookup, across every node on a
+/// distributed tally.
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn complete_alert(id: Option<i64>, lease_token: Option<Uuid>) {
-    let id = id.ok_or_else(|| errors::null_argument("id")).or_raise();
-    let token = lease_token
-        .ok_or_else(|| errors::null_argument("lease_token"))
-        .or_raise();
+    let id = args::required("id", id);
+    let token = args::required("lease_token", lease_token);
     Spi::connect_mut(|client| {
-        let Some(alert) = spi::first_row(client, &LOCK_ALERT, &[id.into(), token.into()]) else {
-            errors::alert_not_found(&[id]).raise()
-        };
-        if spi::get::<String>(&alert, 1).as_deref() == Some("completed") {
-            return;
-        }
-        if spi::get::<bool>(&alert, 3) != Some(true) {
-            errors::alert_lease_lost(id, spi::get::<i32>(&alert, 2).unwrap_or(0)).raise()
-        }
-        spi::run(client, &COMPLETE, &[id.into()]);
+        let tenant = tenant_of(client, id, token);
+        complete(client, &tenant, id, token)
     })
+}
+
+fn complete(client: &mut SpiClient<'_>, tenant: &str, id: i64, token: Uuid) {
+    let Some(alert) = spi::first_row(client, &LOCK_ALERT, &[tenant.into(), id.into()]) else {
+        errors::alert_not_found(&[id]).raise()
+    };
+    if spi::get::<String>(&alert, 1).as_deref() == Some("completed") {
+        return;
+    }
+    if spi::get::<Uuid>(&alert, 3) != Some(token) {
+        errors::alert_lease_lost(id, spi::get::<i32>(&alert, 2).unwrap_or(0)).raise()
+    }
+    spi::run(client, &COMPLETE, &[tenant.into(), id.into()]);
 }
 
 /// Delivering the alert failed with `error`, as `fail_usage_report`: a
 /// transient failure retries after a backoff (or `retry_after`, when
 /// longer); a `permanent` one, or the failure of the last allowed attempt,
-/// marks it `failed`, kept for `requeue_failed_alerts`.
+/// marks it `failed`, kept for `requeue_failed_alerts`. `tenant_id` is the
+/// alert's tenant.
+#[pg_extern(security_definer, name = "fail_alert")]
+#[search_path(pg_catalog, pg_temp)]
+fn fail_tenant_alert(
+    tenant_id: Option<&str>,
+    id: Option<i64>,
+    lease_token: Option<Uuid>,
+    error: Option<&str>,
+    permanent: default!(Option<bool>, false),
+    retry_after: default!(Option<Interval>, NULL),
+) {
+    let failed = SendFailure::new(lease_token, error, permanent, retry_after);
+    let tenant = args::id("tenant_id", tenant_id).or_raise();
+    let id = args::required("id", id);
+    Spi::connect_mut(|client| fail(client, tenant, id, &failed))
+}
+
+/// `fail_alert` by id alone.
 #[pg_extern(security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn fail_alert(
@@ -202,56 +260,52 @@ fn fail_alert(
     permanent: default!(Option<bool>, false),
     retry_after: default!(Option<Interval>, NULL),
 ) {
-    let retry_after_ms =
-        retry_after.map(|after| args::positive_wait_ms("retry_after", after).or_raise());
-    let id = id.ok_or_else(|| errors::null_argument("id")).or_raise();
-    let token = lease_token
-        .ok_or_else(|| errors::null_argument("lease_token"))
-        .or_raise();
-    let error = error
-        .ok_or_else(|| errors::null_argument("error"))
-        .or_raise();
-    let permanent = permanent
-        .ok_or_else(|| errors::null_argument("permanent"))
-        .or_raise();
-    let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
+    let failed = SendFailure::new(lease_token, error, permanent, retry_after);
+    let id = args::required("id", id);
     Spi::connect_mut(|client| {
-        let Some(alert) = spi::first_row(client, &LOCK_ALERT, &[id.into(), token.into()]) else {
-            errors::alert_not_found(&[id]).raise()
-        };
-        if spi::get::<String>(&alert, 1).as_deref() != Some("pending") {
-            return;
-        }
-        let attempts = spi::get::<i32>(&alert, 2).unwrap_or(0);
-        if spi::get::<bool>(&alert, 3) != Some(true) {
-            errors::alert_lease_lost(id, attempts).raise()
-        }
-        let backoff = Backoff {
-            base_ms: i64::from(gucs::REPORT_BACKOFF_BASE_MS.get()),
-            max_ms: i64::from(gucs::REPORT_BACKOFF_MAX_MS.get()),
-        };
-        let max_attempts = gucs::REPORT_MAX_ATTEMPTS.get();
-        match rules::after_failure(
-            attempts,
-            max_attempts,
-            permanent,
-            retry_after_ms,
-            backoff,
-            jitter(),
-        ) {
-            AfterFailure::Retry { delay_ms } => {
-                let args = [
-                    id.into(),
-                    interval_ms(delay_ms).into(),
-                    error.as_str().into(),
-                ];
-                spi::run(client, &RETRY_LATER, &args);
-            }
-            AfterFailure::Fail => {
-                spi::run(client, &GIVE_UP, &[id.into(), error.as_str().into()]);
-            }
-        }
+        let tenant = tenant_of(client, id, failed.token);
+        fail(client, &tenant, id, &failed)
     })
+}
+
+fn fail(client: &mut SpiClient<'_>, tenant: &str, id: i64, failed: &SendFailure) {
+    let Some(alert) = spi::first_row(client, &LOCK_ALERT, &[tenant.into(), id.into()]) else {
+        errors::alert_not_found(&[id]).raise()
+    };
+    if spi::get::<String>(&alert, 1).as_deref() != Some("pending") {
+        return;
+    }
+    let attempts = spi::get::<i32>(&alert, 2).unwrap_or(0);
+    if spi::get::<Uuid>(&alert, 3) != Some(failed.token) {
+        errors::alert_lease_lost(id, attempts).raise()
+    }
+    let backoff = Backoff {
+        base_ms: i64::from(gucs::REPORT_BACKOFF_BASE_MS.get()),
+        max_ms: i64::from(gucs::REPORT_BACKOFF_MAX_MS.get()),
+    };
+    let max_attempts = gucs::REPORT_MAX_ATTEMPTS.get();
+    let error = failed.error.as_str();
+    match rules::after_failure(
+        attempts,
+        max_attempts,
+        failed.permanent,
+        failed.retry_after_ms,
+        backoff,
+        jitter(),
+    ) {
+        AfterFailure::Retry { delay_ms } => {
+            let args = [
+                tenant.into(),
+                id.into(),
+                interval_ms(delay_ms).into(),
+                error.into(),
+            ];
+            spi::run(client, &RETRY_LATER, &args);
+        }
+        AfterFailure::Fail => {
+            spi::run(client, &GIVE_UP, &[tenant.into(), id.into(), error.into()]);
+        }
+    }
 }
 
 /// A uniform draw from `[0, 1)`, from the backend's random number generator.

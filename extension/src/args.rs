@@ -2,9 +2,9 @@
 //! functions take every argument as `Option` so a NULL is reported (22004)
 //! instead of silently returning NULL, as a STRICT function would.
 
-use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::datum::{Interval, TimestampWithTimeZone, Uuid};
 
-use crate::errors::{self, empty_argument, null_argument, Failure};
+use crate::errors::{self, empty_argument, null_argument, Failure, OrRaise};
 use crate::rules::{self, Micros};
 
 /// Stripe accepts idempotency keys of up to 255 characters; tally keeps the
@@ -118,6 +118,45 @@ pub fn period(
         ));
     }
     Ok((start_micros, end_micros))
+}
+
+/// A required argument, raising 22004 when it is NULL.
+pub fn required<T>(name: &str, value: Option<T>) -> T {
+    value.ok_or_else(|| null_argument(name)).or_raise()
+}
+
+/// The longest error text kept on a report or an alert.
+const MAX_ERROR_CHARS: usize = 2_000;
+
+/// What a worker says of a failed send (`fail_usage_report`,
+/// `fail_alert`), checked.
+pub struct SendFailure {
+    pub token: Uuid,
+    /// Cut at [`MAX_ERROR_CHARS`].
+    pub error: String,
+    pub permanent: bool,
+    pub retry_after_ms: Option<i64>,
+}
+
+impl SendFailure {
+    pub fn new(
+        lease_token: Option<Uuid>,
+        error: Option<&str>,
+        permanent: Option<bool>,
+        retry_after: Option<Interval>,
+    ) -> SendFailure {
+        let retry_after_ms =
+            retry_after.map(|after| positive_wait_ms("retry_after", after).or_raise());
+        SendFailure {
+            token: required("lease_token", lease_token),
+            error: required("error", error)
+                .chars()
+                .take(MAX_ERROR_CHARS)
+                .collect(),
+            permanent: required("permanent", permanent),
+            retry_after_ms,
+        }
+    }
 }
 
 #[cfg(test)]

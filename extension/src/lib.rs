@@ -24,6 +24,7 @@ mod gucs;
 mod lifecycle;
 mod plan_change;
 mod reports;
+mod shards;
 pub use tally_rules as rules;
 mod spi;
 mod transition;

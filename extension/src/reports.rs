@@ -14,15 +14,14 @@
 use pgrx::datum::{Interval, Uuid};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 
-use crate::args;
+use crate::args::{self, SendFailure};
 use crate::errors::{self, OrRaise, Raise};
 use crate::gucs;
 use crate::rules::{self, AfterFailure, Backoff};
-use crate::spi::{self, Statement, INT4, INT8, INT8_ARRAY, INTERVAL, TEXT, UUID};
-
-/// The longest error text kept on a report.
-const MAX_ERROR_CHARS: usize = 2_000;
+use crate::shards::{self, Claim};
+use crate::spi::{self, Statement, INT4, INT8, INT8_ARRAY, INTERVAL, TEXT};
 
 /// Take up to `$1` due reports, oldest due first, skipping those another
 /// worker holds. Those already claimed `$3` times (their last attempt's
@@ -61,9 +60,24 @@ static CLAIM: Statement = Statement {
     params: &[INT4, INTERVAL, INT4],
 };
 
+static CLAIM_REPORTS: Claim = Claim {
+    statement: &CLAIM,
+    table: "tally.usage_reports",
+    colocated: Some("tally.tenants"),
+};
+
 static COMPLETE: Statement = Statement {
     sql: "UPDATE tally.usage_reports SET status = 'completed', completed_at = now(), lease_until = NULL
-           WHERE id = $1",
+           WHERE tenant_id = $1 AND id = $2",
+    params: &[TEXT, INT8],
+};
+
+/// The tenants of the reports with id `$1`, each with its latest claim's
+/// token: one, but several on a distributed tally for ids drawn before each
+/// node had a range of its own (the caller picks the report its token
+/// claimed).
+static TENANT_OF: Statement = Statement {
+    sql: "SELECT tenant_id, lease_token FROM tally.usage_reports WHERE id = $1",
     params: &[INT8],
 };
 
@@ -72,48 +86,40 @@ static KNOWN_REPORTS: Statement = Statement {
     params: &[INT8_ARRAY],
 };
 
-/// The failed reports among `$1` (every one when `$1` is NULL), locked, with
-/// the time of their first claim.
-static LOCK_FAILED: Statement = Statement {
-    sql: "SELECT id, first_claimed_at FROM tally.usage_reports
-           WHERE status = 'failed' AND ($1::bigint[] IS NULL OR id = ANY ($1))
-           ORDER BY id
-             FOR UPDATE",
-    params: &[INT8_ARRAY],
-};
-
 /// Failed reports back in the queue with their attempts counted from zero
 /// (their sends keep counting): those in `$1`, or every one when `$1` is
-/// NULL.
+/// NULL; with the time of their first claim. (No `FOR UPDATE` first: a
+/// distributed tally refuses it across shards. The caller checks what
+/// comes back and raises, undoing the update, when it must refuse.)
 static REQUEUE: Statement = Statement {
     sql: "UPDATE tally.usage_reports
              SET status = 'pending', attempts = 0, next_attempt_at = now(), lease_until = NULL,
                  failed_at = NULL
-           WHERE status = 'failed' AND ($1::bigint[] IS NULL OR id = ANY ($1))",
+           WHERE status = 'failed' AND ($1::bigint[] IS NULL OR id = ANY ($1))
+       RETURNING id, first_claimed_at",
     params: &[INT8_ARRAY],
 };
 
-/// A report's status and attempts, locked, and whether `$2` is the token of
-/// its latest claim.
+/// A report's status, attempts and the token of its latest claim, locked.
 static LOCK_REPORT: Statement = Statement {
-    sql: "SELECT status, attempts, lease_token IS NOT DISTINCT FROM $2
-            FROM tally.usage_reports WHERE id = $1
+    sql: "SELECT status, attempts, lease_token
+            FROM tally.usage_reports WHERE tenant_id = $1 AND id = $2
              FOR UPDATE",
-    params: &[INT8, UUID],
+    params: &[TEXT, INT8],
 };
 
 static RETRY_LATER: Statement = Statement {
     sql: "UPDATE tally.usage_reports
-             SET next_attempt_at = now() + $2, lease_until = NULL, last_error = $3
-           WHERE id = $1",
-    params: &[INT8, INTERVAL, TEXT],
+             SET next_attempt_at = now() + $3, lease_until = NULL, last_error = $4
+           WHERE tenant_id = $1 AND id = $2",
+    params: &[TEXT, INT8, INTERVAL, TEXT],
 };
 
 static GIVE_UP: Statement = Statement {
     sql: "UPDATE tally.usage_reports
-             SET status = 'failed', failed_at = now(), lease_until = NULL, last_error = $2
-           WHERE id = $1",
-    params: &[INT8, TEXT],
+             SET status = 'failed', failed_at = now(), lease_until = NULL, last_error = $3
+           WHERE tenant_id = $1 AND id = $2",
+    params: &[TEXT, INT8, TEXT],
 };
 
 fn interval_ms(ms: i64) -> Interval {
@@ -123,8 +129,10 @@ fn interval_ms(ms: i64) -> Interval {
 /// Claim up to `batch` due reports for `lease` (default
 /// `tally.report_lease`, at most an hour), oldest due first. Each claim
 /// counts as an attempt and as a send, and comes with a lease token: finish
-/// each report with `complete_usage_report` or `fail_usage_report` and that
-/// token.
+/// each report with `complete_usage_report` or `fail_usage_report`, its
+/// tenant and that token. On a distributed tally, each node claims from the
+/// shards it holds, oldest due first within a shard, and the coordinator
+/// refuses (`a distributed queue is claimed on the worker nodes`, 55000).
 ///
 /// (The Rust name differs from the SQL name so that the C symbol differs
 /// from the one older versions' SQL names, which returned no token; see
@@ -162,34 +170,46 @@ fn claim_leased_reports(
     };
     let max_attempts = gucs::REPORT_MAX_ATTEMPTS.get();
     let rows = Spi::connect_mut(|client| {
-        spi::run(
-            client,
-            &CLAIM,
-            &[batch.into(), lease.into(), max_attempts.into()],
-        )
-        .map(|row| {
-            let text = |ordinal| spi::get::<String>(&row, ordinal).unwrap_or_default();
+        let args = |limit: i32| vec![limit.into(), lease.into(), max_attempts.into()];
+        shards::claim(client, &CLAIM_REPORTS, batch, args, jitter(), |row| {
+            let text = |ordinal| spi::get::<String>(row, ordinal).unwrap_or_default();
             (
-                spi::get::<i64>(&row, 1).unwrap_or_default(),
+                spi::get::<i64>(row, 1).unwrap_or_default(),
                 text(2),
                 text(3),
                 text(4),
-                spi::get::<i64>(&row, 5).unwrap_or_default(),
+                spi::get::<i64>(row, 5).unwrap_or_default(),
                 text(6),
-                spi::get::<String>(&row, 7),
-                spi::get::<TimestampWithTimeZone>(&row, 8)
+                spi::get::<String>(row, 7),
+                spi::get::<TimestampWithTimeZone>(row, 8)
                     .unwrap_or_else(|| spi::bug("report without created_at".into())),
-                spi::get::<i32>(&row, 9).unwrap_or_default(),
-                spi::get::<TimestampWithTimeZone>(&row, 10)
+                spi::get::<i32>(row, 9).unwrap_or_default(),
+                spi::get::<TimestampWithTimeZone>(row, 10)
                     .unwrap_or_else(|| spi::bug("claimed report without a lease".into())),
-                spi::get::<Uuid>(&row, 11)
+                spi::get::<Uuid>(row, 11)
                     .unwrap_or_else(|| spi::bug("claimed report without a token".into())),
-                spi::get::<i32>(&row, 12).unwrap_or_default(),
+                spi::get::<i32>(row, 12).unwrap_or_default(),
             )
         })
-        .collect::<Vec<_>>()
     });
     TableIterator::new(rows)
+}
+
+/// The tenant of report `id`, for the functions that take an id alone
+/// (P0002 `usage report not found` when there is none).
+fn tenant_of(client: &mut SpiClient<'_>, id: i64, token: Uuid) -> String {
+    let mut tenants: Vec<(String, bool)> = spi::run(client, &TENANT_OF, &[id.into()])
+        .filter_map(|row| {
+            let tenant = spi::get::<String>(&row, 1)?;
+            Some((tenant, spi::get::<Uuid>(&row, 2) == Some(token)))
+        })
+        .collect();
+    tenants.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    tenants
+        .into_iter()
+        .next()
+        .map(|(tenant, _)| tenant)
+        .unwrap_or_else(|| errors::report_not_found(&[id]).raise())
 }
 
 /// The report was sent. `lease_token` is the token of the claim that sent
@@ -197,26 +217,42 @@ fn claim_leased_reports(
 /// and whose report was claimed again gets `usage report lease lost`
 /// (55000) and changes nothing. Idempotent, and final: completing a
 /// completed report changes nothing, whatever the token, and a report that
-/// had been marked failed is completed (a late success).
+/// had been marked failed is completed (a late success). `tenant_id` is the
+/// report's tenant (claims return it): a distributed tally finds the report
+/// on that tenant's node.
+#[pg_extern(security_definer, name = "complete_usage_report")]
+#[search_path(pg_catalog, pg_temp)]
+fn complete_tenant_report(tenant_id: Option<&str>, id: Option<i64>, lease_token: Option<Uuid>) {
+    let tenant = args::id("tenant_id", tenant_id).or_raise();
+    let id = args::required("id", id);
+    let token = args::required("lease_token", lease_token);
+    Spi::connect_mut(|client| complete(client, tenant, id, token))
+}
+
+/// `complete_usage_report` by id alone, as before tenants addressed
+/// reports: one more lookup, across every node on a distributed tally.
 #[pg_extern(security_definer, name = "complete_usage_report")]
 #[search_path(pg_catalog, pg_temp)]
 fn complete_leased_report(id: Option<i64>, lease_token: Option<Uuid>) {
-    let id = id.ok_or_else(|| errors::null_argument("id")).or_raise();
-    let token = lease_token
-        .ok_or_else(|| errors::null_argument("lease_token"))
-        .or_raise();
+    let id = args::required("id", id);
+    let token = args::required("lease_token", lease_token);
     Spi::connect_mut(|client| {
-        let Some(report) = spi::first_row(client, &LOCK_REPORT, &[id.into(), token.into()]) else {
-            errors::report_not_found(&[id]).raise()
-        };
-        if spi::get::<String>(&report, 1).as_deref() == Some("completed") {
-            return;
-        }
-        if spi::get::<bool>(&report, 3) != Some(true) {
-            errors::lease_lost(id, spi::get::<i32>(&report, 2).unwrap_or(0)).raise()
-        }
-        spi::run(client, &COMPLETE, &[id.into()]);
+        let tenant = tenant_of(client, id, token);
+        complete(client, &tenant, id, token)
     })
+}
+
+fn complete(client: &mut SpiClient<'_>, tenant: &str, id: i64, token: Uuid) {
+    let Some(report) = spi::first_row(client, &LOCK_REPORT, &[tenant.into(), id.into()]) else {
+        errors::report_not_found(&[id]).raise()
+    };
+    if spi::get::<String>(&report, 1).as_deref() == Some("completed") {
+        return;
+    }
+    if spi::get::<Uuid>(&report, 3) != Some(token) {
+        errors::lease_lost(id, spi::get::<i32>(&report, 2).unwrap_or(0)).raise()
+    }
+    spi::run(client, &COMPLETE, &[tenant.into(), id.into()]);
 }
 
 /// Sending the report failed with `error`. `lease_token` is the token of the
@@ -228,6 +264,24 @@ fn complete_leased_report(id: Option<i64>, lease_token: Option<Uuid>) {
 /// when that is longer; a `permanent` one, or
 /// the failure of the last allowed attempt (`tally.report_max_attempts`),
 /// marks it `failed`. A completed or failed report is left as it is.
+/// `tenant_id` is the report's tenant, as for `complete_usage_report`.
+#[pg_extern(security_definer, name = "fail_usage_report")]
+#[search_path(pg_catalog, pg_temp)]
+fn fail_tenant_report(
+    tenant_id: Option<&str>,
+    id: Option<i64>,
+    lease_token: Option<Uuid>,
+    error: Option<&str>,
+    permanent: default!(Option<bool>, false),
+    retry_after: default!(Option<Interval>, NULL),
+) {
+    let failed = SendFailure::new(lease_token, error, permanent, retry_after);
+    let tenant = args::id("tenant_id", tenant_id).or_raise();
+    let id = args::required("id", id);
+    Spi::connect_mut(|client| fail(client, tenant, id, &failed))
+}
+
+/// `fail_usage_report` by id alone, as before tenants addressed reports.
 #[pg_extern(security_definer, name = "fail_usage_report")]
 #[search_path(pg_catalog, pg_temp)]
 fn fail_leased_report(
@@ -237,56 +291,52 @@ fn fail_leased_report(
     permanent: default!(Option<bool>, false),
     retry_after: default!(Option<Interval>, NULL),
 ) {
-    let retry_after_ms =
-        retry_after.map(|after| args::positive_wait_ms("retry_after", after).or_raise());
-    let id = id.ok_or_else(|| errors::null_argument("id")).or_raise();
-    let token = lease_token
-        .ok_or_else(|| errors::null_argument("lease_token"))
-        .or_raise();
-    let error = error
-        .ok_or_else(|| errors::null_argument("error"))
-        .or_raise();
-    let permanent = permanent
-        .ok_or_else(|| errors::null_argument("permanent"))
-        .or_raise();
-    let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
+    let failed = SendFailure::new(lease_token, error, permanent, retry_after);
+    let id = args::required("id", id);
     Spi::connect_mut(|client| {
-        let Some(report) = spi::first_row(client, &LOCK_REPORT, &[id.into(), token.into()]) else {
-            errors::report_not_found(&[id]).raise()
-        };
-        if spi::get::<String>(&report, 1).as_deref() != Some("pending") {
-            return;
-        }
-        let attempts = spi::get::<i32>(&report, 2).unwrap_or(0);
-        if spi::get::<bool>(&report, 3) != Some(true) {
-            errors::lease_lost(id, attempts).raise()
-        }
-        let backoff = Backoff {
-            base_ms: i64::from(gucs::REPORT_BACKOFF_BASE_MS.get()),
-            max_ms: i64::from(gucs::REPORT_BACKOFF_MAX_MS.get()),
-        };
-        let max_attempts = gucs::REPORT_MAX_ATTEMPTS.get();
-        match rules::after_failure(
-            attempts,
-            max_attempts,
-            permanent,
-            retry_after_ms,
-            backoff,
-            jitter(),
-        ) {
-            AfterFailure::Retry { delay_ms } => {
-                let args = [
-                    id.into(),
-                    interval_ms(delay_ms).into(),
-                    error.as_str().into(),
-                ];
-                spi::run(client, &RETRY_LATER, &args);
-            }
-            AfterFailure::Fail => {
-                spi::run(client, &GIVE_UP, &[id.into(), error.as_str().into()]);
-            }
-        }
+        let tenant = tenant_of(client, id, failed.token);
+        fail(client, &tenant, id, &failed)
     })
+}
+
+fn fail(client: &mut SpiClient<'_>, tenant: &str, id: i64, failed: &SendFailure) {
+    let Some(report) = spi::first_row(client, &LOCK_REPORT, &[tenant.into(), id.into()]) else {
+        errors::report_not_found(&[id]).raise()
+    };
+    if spi::get::<String>(&report, 1).as_deref() != Some("pending") {
+        return;
+    }
+    let attempts = spi::get::<i32>(&report, 2).unwrap_or(0);
+    if spi::get::<Uuid>(&report, 3) != Some(failed.token) {
+        errors::lease_lost(id, attempts).raise()
+    }
+    let backoff = Backoff {
+        base_ms: i64::from(gucs::REPORT_BACKOFF_BASE_MS.get()),
+        max_ms: i64::from(gucs::REPORT_BACKOFF_MAX_MS.get()),
+    };
+    let max_attempts = gucs::REPORT_MAX_ATTEMPTS.get();
+    let error = failed.error.as_str();
+    match rules::after_failure(
+        attempts,
+        max_attempts,
+        failed.permanent,
+        failed.retry_after_ms,
+        backoff,
+        jitter(),
+    ) {
+        AfterFailure::Retry { delay_ms } => {
+            let args = [
+                tenant.into(),
+                id.into(),
+                interval_ms(delay_ms).into(),
+                error.into(),
+            ];
+            spi::run(client, &RETRY_LATER, &args);
+        }
+        AfterFailure::Fail => {
+            spi::run(client, &GIVE_UP, &[tenant.into(), id.into(), error.into()]);
+        }
+    }
 }
 
 /// A uniform draw from `[0, 1)`, from the backend's random number generator.
@@ -315,15 +365,10 @@ fn requeue_failed_reports(
 ) -> i64 {
     let ids: Option<Vec<i64>> = ids.map(|ids| {
         ids.into_iter()
-            .map(|id| {
-                id.ok_or_else(|| errors::null_argument("an element of ids"))
-                    .or_raise()
-            })
+            .map(|id| args::required("an element of ids", id))
             .collect()
     });
-    let allow_resend = allow_resend_after_24h
-        .ok_or_else(|| errors::null_argument("allow_resend_after_24h"))
-        .or_raise();
+    let allow_resend = args::required("allow_resend_after_24h", allow_resend_after_24h);
     Spi::connect_mut(|client| {
         if let Some(ids) = &ids {
             let known: Vec<i64> = spi::run(client, &KNOWN_REPORTS, &[ids.clone().into()])
@@ -341,13 +386,17 @@ fn requeue_failed_reports(
             }
         }
         let now = spi::now();
-        let risky: Vec<i64> = spi::run(client, &LOCK_FAILED, &[ids.clone().into()])
+        let mut requeued = 0;
+        let mut risky: Vec<i64> = spi::run(client, &REQUEUE, &[ids.into()])
+            .inspect(|_| requeued += 1)
             .filter(|row| rules::resend_may_bill_twice(spi::get_micros(row, 2), now))
             .filter_map(|row| spi::get::<i64>(&row, 1))
             .collect();
         if !risky.is_empty() && !allow_resend {
+            // Raising undoes the update.
+            risky.sort_unstable();
             errors::resend_may_bill_twice(&risky).raise()
         }
-        spi::run(client, &REQUEUE, &[ids.into()]).len() as i64
+        requeued
     })
 }

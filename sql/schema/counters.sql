@@ -60,6 +60,28 @@ BEGIN
 END
 $$;
 
+-- The shards of a distributed table that this node holds, each with the
+-- shard of `colocated` that holds the same tenants (Citus).
+CREATE FUNCTION tally._local_shard_pairs(relation regclass, colocated regclass)
+RETURNS TABLE (shard regclass, colocated_shard regclass)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY EXECUTE
+        'SELECT pg_catalog.format(''%I.%I'', n.nspname, c.relname || ''_'' || s.shardid)::pg_catalog.regclass,
+                pg_catalog.format(''%I.%I'', n.nspname, o.relname || ''_'' || os.shardid)::pg_catalog.regclass
+           FROM pg_catalog.pg_dist_shard AS s
+           JOIN pg_catalog.pg_dist_placement AS p ON p.shardid = s.shardid
+           JOIN pg_catalog.pg_class AS c ON c.oid = s.logicalrelid
+           JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+           JOIN pg_catalog.pg_dist_shard AS os ON os.logicalrelid = $2 AND os.shardminvalue = s.shardminvalue
+           JOIN pg_catalog.pg_class AS o ON o.oid = os.logicalrelid
+          WHERE s.logicalrelid = $1
+            AND p.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group)
+          ORDER BY s.shardid'
+    USING relation, colocated;
+END
+$$;
+
 -- Keeping the copies valid. A transaction that changes plans, limits or
 -- metrics locks the one row of tally.limits_guard and clears limits_valid
 -- on the counters it affects; a change of a tenant's plan or period holds

@@ -9,7 +9,58 @@
 --
 -- Run once, on the coordinator, as a superuser, after the workers are added
 -- (citus_add_node) and before the tables fill up (distributing copies the
--- rows). It runs with the caller's rights: granted to no one.
+-- rows); run it again after adding a node, which gives the new node its
+-- range of ids (it returns false then). It runs with the caller's rights:
+-- granted to no one.
+
+-- Every node draws the ids of the rows it inserts into usage_reports,
+-- alerts and link_conflicts from sequences of its own (each ran the
+-- extension's script). On a distributed tally each node's sequences keep to
+-- a range of their own, 2^48 ids from its Citus group id times 2^48, so no
+-- two nodes hand out the same id. Run on every node by tally.distribute();
+-- ids already drawn stay as they are.
+CREATE FUNCTION tally._node_id_ranges() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    node_group bigint;
+    first_id bigint;
+    propagation constant text := pg_catalog.current_setting('citus.enable_ddl_propagation');
+    sequence_name text;
+BEGIN
+    EXECUTE 'SELECT groupid FROM pg_catalog.pg_dist_local_group' INTO node_group;
+    first_id := (node_group << 48) + 1;
+    -- Each node's sequences are its own: the change is not sent on.
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    FOREACH sequence_name IN ARRAY ARRAY['usage_reports_id_seq', 'alerts_id_seq', 'link_conflicts_id_seq'] LOOP
+        EXECUTE pg_catalog.format('ALTER SEQUENCE tally.%I MINVALUE %s MAXVALUE %s START WITH %s %s',
+                                  sequence_name, first_id, first_id + (1::bigint << 48) - 2, first_id,
+                                  CASE WHEN coalesce((SELECT s.last_value >= first_id FROM pg_catalog.pg_sequences AS s
+                                                       WHERE s.schemaname = 'tally' AND s.sequencename = sequence_name),
+                                                     false)
+                                       THEN '' ELSE 'RESTART' END);
+    END LOOP;
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', propagation, true);
+END
+$$;
+
+-- tally._node_id_ranges() here and on every worker.
+CREATE FUNCTION tally._spread_node_id_ranges() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    worker record;
+BEGIN
+    PERFORM tally._node_id_ranges();
+    SELECT w.nodename || ':' || w.nodeport AS node, w.result INTO worker
+      FROM pg_catalog.run_command_on_workers('SELECT tally._node_id_ranges()') AS w
+     WHERE NOT w.success
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'a worker could not set its range of ids' USING ERRCODE = 'object_not_in_prerequisite_state',
+            DETAIL = pg_catalog.format('%s: %s', worker.node, worker.result),
+            HINT = 'update tally on every node (ALTER EXTENSION tally UPDATE), then run tally.distribute() again';
+    END IF;
+END
+$$;
 
 CREATE FUNCTION tally.distribute() RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -39,6 +90,7 @@ BEGIN
             HINT = 'connect to the coordinator node';
     END IF;
     IF tally._distributed('tally.tenants') THEN
+        PERFORM tally._spread_node_id_ranges();
         RETURN false;
     END IF;
     -- The tables have triggers (validation, and keeping the counters' copies
@@ -100,6 +152,7 @@ BEGIN
             pg_catalog.format('tally.%s', name)::pg_catalog.regprocedure, 'tenant_id',
             colocate_with => 'tally.tenants', force_delegation => true);
     END LOOP;
+    PERFORM tally._spread_node_id_ranges();
     RETURN true;
 END
 $$;

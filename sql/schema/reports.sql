@@ -62,19 +62,23 @@ $$;
 CREATE TRIGGER guard_delete BEFORE DELETE ON tally.tenants
     FOR EACH ROW EXECUTE FUNCTION tally._guard_tenant_delete();
 
--- Queue depth for operators and metrics.
+-- Queue depth for operators and metrics. (Two statements: a distributed
+-- tally refuses a subquery in the target list.)
 CREATE FUNCTION tally.usage_report_stats(
     OUT pending bigint, OUT leased bigint, OUT due bigint, OUT failed bigint,
     OUT oldest_pending_at timestamptz, OUT oldest_pending_age interval)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     SELECT count(*),
-           count(*) FILTER (WHERE lease_until > now()),
-           count(*) FILTER (WHERE next_attempt_at <= now() AND (lease_until IS NULL OR lease_until <= now())),
-           (SELECT count(*) FROM tally.usage_reports WHERE status = 'failed'),
-           min(created_at),
-           now() - min(created_at)
-      FROM tally.usage_reports
-     WHERE status = 'pending'
+           count(*) FILTER (WHERE r.lease_until > now()),
+           count(*) FILTER (WHERE r.next_attempt_at <= now() AND (r.lease_until IS NULL OR r.lease_until <= now())),
+           min(r.created_at)
+      INTO pending, leased, due, oldest_pending_at
+      FROM tally.usage_reports AS r
+     WHERE r.status = 'pending';
+    oldest_pending_age := now() - oldest_pending_at;
+    SELECT count(*) INTO failed FROM tally.usage_reports AS r WHERE r.status = 'failed';
+END
 $$;
 COMMENT ON FUNCTION tally.usage_report_stats() IS
     'pending: not yet sent (leased: being sent now; due: claimable now); failed: given up, kept for inspection.';

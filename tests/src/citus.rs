@@ -43,6 +43,10 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// every node (roles are each cluster's own).
 pub const APP_LOGIN: &str = "tally_citus_app";
 
+/// The login role tallyd connects as in these tests: a member of
+/// tally_daemon, made on every node.
+pub const DAEMON_LOGIN: &str = "tally_citus_daemon";
+
 fn url(port: u16, database: &str, user: &str) -> String {
     format!("postgresql://{user}@127.0.0.1:{port}/{database}")
 }
@@ -107,8 +111,12 @@ impl CitusDb {
                          IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_LOGIN}') THEN
                              CREATE ROLE {APP_LOGIN} LOGIN;
                          END IF;
+                         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{DAEMON_LOGIN}') THEN
+                             CREATE ROLE {DAEMON_LOGIN} LOGIN;
+                         END IF;
                      END $$;
-                     GRANT tally_app TO {APP_LOGIN};"
+                     GRANT tally_app TO {APP_LOGIN};
+                     GRANT tally_daemon TO {DAEMON_LOGIN};"
                 ))
                 .expect("the app's login role");
         }
@@ -132,6 +140,17 @@ impl CitusDb {
             .expect("connect to the coordinator as the app")
     }
 
+    /// The URL of this database on one node, as `user`.
+    pub fn url_on(&self, port: u16, user: &str) -> String {
+        url(port, &self.name, user)
+    }
+
+    /// A connection to this database on one node as tallyd's login role.
+    pub fn connect_daemon(&self, port: u16) -> Client {
+        Client::connect(&self.url_on(port, DAEMON_LOGIN), NoTls)
+            .expect("connect to a node as the daemon")
+    }
+
     pub fn ports(&self) -> &[u16] {
         &self.ports
     }
@@ -153,4 +172,16 @@ impl Drop for CitusDb {
             }
         }
     }
+}
+
+/// `count` tenants on `plan`, named `<prefix>-<n>`, made through `client`.
+pub fn tenants(client: &mut Client, plan: &str, count: usize, prefix: &str) -> Vec<String> {
+    let ids: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    client
+        .execute(
+            "INSERT INTO tally.tenants (tenant_id, plan_id) SELECT unnest($1::text[]), $2",
+            &[&ids, &plan],
+        )
+        .expect("tenants");
+    ids
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use postgres::Client;
-use tally_tests::citus::{self, CitusDb};
+use tally_tests::citus::{self, tenants, CitusDb};
 
 /// `calls` concurrent `check_and_increment_usage(tenant, metric, 1)` through
 /// the coordinator, released together; returns how many were allowed.
@@ -35,17 +35,6 @@ fn race(db: &CitusDb, tenant: &str, metric: &str, calls: usize) -> usize {
         .map(|handle| handle.join().expect("a racing call"))
         .filter(|&allowed| allowed)
         .count()
-}
-
-fn tenants(client: &mut Client, plan: &str, count: usize, prefix: &str) -> Vec<String> {
-    let ids: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
-    client
-        .execute(
-            "INSERT INTO tally.tenants (tenant_id, plan_id) SELECT unnest($1::text[]), $2",
-            &[&ids, &plan],
-        )
-        .expect("tenants");
-    ids
 }
 
 fn used(client: &mut Client, tenant: &str, metric: &str) -> i64 {

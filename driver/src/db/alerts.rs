@@ -51,13 +51,14 @@ pub async fn claim(client: &Client, batch: i32, lease: Duration) -> Result<Vec<A
         .collect())
 }
 
-/// Every endpoint took the alert. Refused (`alert lease lost`) when the
+/// Every endpoint took the alert (addressed by tenant and id, so a
+/// distributed tally finds it on its tenant's node). Refused (`alert lease lost`) when the
 /// alert was claimed again since.
 pub async fn complete(client: &Client, alert: &Alert) -> Result<(), Error> {
     execute(
         client,
-        "SELECT tally.complete_alert($1, $2::text::uuid)",
-        &[&alert.id, &alert.lease_token],
+        "SELECT tally.complete_alert($1, $2, $3::text::uuid)",
+        &[&alert.data.tenant_id, &alert.id, &alert.lease_token],
     )
     .await?;
     Ok(())
@@ -76,8 +77,14 @@ pub async fn fail(
         .map(|after| after.as_secs_f64());
     execute(
         client,
-        "SELECT tally.fail_alert($1, $2::text::uuid, $3, false, make_interval(secs => $4))",
-        &[&alert.id, &alert.lease_token, &error, &retry_after],
+        "SELECT tally.fail_alert($1, $2, $3::text::uuid, $4, false, make_interval(secs => $5))",
+        &[
+            &alert.data.tenant_id,
+            &alert.id,
+            &alert.lease_token,
+            &error,
+            &retry_after,
+        ],
     )
     .await?;
     Ok(())

@@ -35,13 +35,14 @@ pub async fn claim(client: &Client, batch: i32, lease: Duration) -> Result<Vec<R
         .collect())
 }
 
-/// The report was sent. Refused (`usage report lease lost`) when the report
+/// The report was sent (addressed by tenant and id, so a distributed tally
+/// finds it on its tenant's node). Refused (`usage report lease lost`) when the report
 /// was claimed again since `report`'s claim.
 pub async fn complete(client: &Client, report: &Report) -> Result<(), Error> {
     execute(
         client,
-        "SELECT tally.complete_usage_report($1, $2::text::uuid)",
-        &[&report.id, &report.lease_token],
+        "SELECT tally.complete_usage_report($1, $2, $3::text::uuid)",
+        &[&report.tenant_id, &report.id, &report.lease_token],
     )
     .await?;
     Ok(())
@@ -61,8 +62,9 @@ pub async fn fail(
         .map(|after| after.as_secs_f64());
     execute(
         client,
-        "SELECT tally.fail_usage_report($1, $2::text::uuid, $3, $4, make_interval(secs => $5))",
+        "SELECT tally.fail_usage_report($1, $2, $3::text::uuid, $4, $5, make_interval(secs => $6))",
         &[
+            &report.tenant_id,
             &report.id,
             &report.lease_token,
             &error,

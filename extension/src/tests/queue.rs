@@ -505,6 +505,44 @@ mod tests {
     }
 
     #[pg_test]
+    fn reports_are_settled_by_tenant_and_id() {
+        billed_fixture();
+        run("INSERT INTO tally.tenants (tenant_id) VALUES ('globex')");
+        run("SELECT tally.link_provider_customer('globex', 'stripe', 'cus_globex')");
+        check("'acme', 'messages'");
+        check("'globex', 'messages'");
+        let ids = claim(2, "1 minute");
+        let (acme, globex) = (ids[0], ids[1]);
+        let acme_token = token(acme);
+        // Another tenant's report under this id: none, and nothing changes.
+        assert_fails(
+            &format!("SELECT tally.complete_usage_report('globex', {acme}, '{acme_token}')"),
+            "P0002",
+            "usage report not found",
+        );
+        assert_fails(
+            &format!("SELECT tally.complete_usage_report('acme', {acme}, gen_random_uuid())"),
+            "55000",
+            "usage report lease lost",
+        );
+        assert_fails(
+            &format!("SELECT tally.complete_usage_report(NULL, {acme}, '{acme_token}')"),
+            "22004",
+            "tenant_id must not be null",
+        );
+        assert_eq!(status(acme), "pending/1");
+        run(&format!(
+            "SELECT tally.complete_usage_report('acme', {acme}, '{acme_token}')"
+        ));
+        assert_eq!(status(acme), "completed/1");
+        run(&format!(
+            "SELECT tally.fail_usage_report('globex', {globex}, '{}', 'resource_missing', true)",
+            token(globex)
+        ));
+        assert_eq!(status(globex), "failed/1");
+    }
+
+    #[pg_test]
     fn a_lease_that_lapsed_unclaimed_still_settles() {
         billed_fixture();
         check("'acme', 'messages'");
